@@ -108,6 +108,11 @@ def _coerce(type_name: Any, value: Any) -> Any:
                 raise ValueError(f"{value!r} is not a boolean")
             return value.lower() in ("true", "1", "yes")
         return bool(value)
+    if kind == "int" and isinstance(value, str):
+        number = float(value)  # MLflow may hand over "60.0" for an int parameter
+        if not number.is_integer():
+            raise ValueError(f"{value!r} is not an integer")
+        return int(number)
     return {"int": int, "float": float, "str": str}[kind](value)
 
 

@@ -55,6 +55,12 @@ class ProbeSet:
         return cls(**cols, meta=meta)
 
 
+def excluded_ids(tokenizer) -> set[int]:
+    """[CLS], [SEP] and padding: never probe tokens. ([UNK] and the rest are text.)"""
+    ids = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    return {i for i in ids if i is not None}
+
+
 def build_probe_set(
     encoded: Encoded,
     *,
@@ -62,7 +68,7 @@ def build_probe_set(
     split: str,
     source: str,
     tokenizer_digest: str,
-    special_ids: set[int],
+    excluded: set[int],
     max_length: int,
     n_tokens: int,
     seed: int,
@@ -70,12 +76,14 @@ def build_probe_set(
     """Draw the probe tokens of one split. Fewer than n_tokens available: take them all."""
     sentence, position, token_id = [], [], []
     for i, ids in enumerate(encoded.input_ids):
-        keep = np.flatnonzero(~np.isin(ids, list(special_ids)))
+        keep = np.flatnonzero(~np.isin(ids, list(excluded)))
         sentence.append(np.full(len(keep), i, dtype=np.int64))
         position.append(keep)
         token_id.append(ids[keep])
     sentence, position, token_id = map(np.concatenate, (sentence, position, token_id))
     total = len(sentence)
+    if total == 0:
+        raise ValueError(f"{task} {split} ({source}) has no tokens to probe")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(total, size=min(n_tokens, total), replace=False))
     # Candidates are enumerated in (sentence, position) order, so sorting the draw

@@ -47,6 +47,7 @@ FINAL_NORM_SCORE = "final/norm_score"
 
 # artifacts
 CHECKPOINT = "checkpoint"
+CONFIG_FILE = "config.json"
 
 
 def eval_metric(name: str) -> str:
@@ -88,8 +89,13 @@ def start_run(
     mlflow.end_run("FINISHED")
 
 
-def log_params(params: dict[str, str]) -> None:
-    mlflow.log_params(params)
+def log_config(params: dict[str, str]) -> None:
+    """Log the resolved config: params (those `mlflow run` has not logged already, in
+    the user's spelling) and the exact values as `config.json`."""
+    run = mlflow.active_run()
+    existing = MlflowClient().get_run(run.info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+    mlflow.log_dict(params, CONFIG_FILE)
 
 
 def set_tags(tags: dict) -> None:

@@ -38,7 +38,7 @@ from bertrep.encode import (
     tokenizer_digest,
 )
 from bertrep.model import TaskModel, load_model, loss_fn, predictions, save_checkpoint
-from bertrep.probes import ProbeSet, build_probe_set
+from bertrep.probes import ProbeSet, build_probe_set, excluded_ids
 from bertrep.tasks import TaskSpec, chance_score, get_task, load_split, score
 
 DATA_SEED = 0  # the training subsample is the same for every run; seeds vary init and order
@@ -116,7 +116,8 @@ def evaluate(model: TaskModel, task: TaskData, accelerator, pad_id: int, batch_s
 
 
 def normalized(value: float, chance: float, best: float) -> float:
-    return (value - chance) / (best - chance)
+    """(s - chance) / (best - chance); NaN where best equals chance (nothing to scale by)."""
+    return (value - chance) / (best - chance) if best != chance else math.nan
 
 
 def fine_tune(
@@ -205,7 +206,7 @@ def resolve_best(cfg: TrainConfig, spec: TaskSpec) -> tuple[float, str]:
     return 1.0, "ideal score (no full fine-tuning runs from the base model yet)"
 
 
-def probe_sets(cfg: TrainConfig, tokenizer, own: TaskData) -> list[tuple[ProbeSet, Encoded]]:
+def probe_sets(cfg: TrainConfig, tokenizer) -> list[tuple[ProbeSet, Encoded]]:
     """The probe set (and its tokenized split) of every probe task, for this tokenizer."""
     digest = tokenizer_digest(tokenizer)
     out = []
@@ -225,7 +226,7 @@ def probe_sets(cfg: TrainConfig, tokenizer, own: TaskData) -> list[tuple[ProbeSe
             split=spec.eval_split,
             source=source,
             tokenizer_digest=digest,
-            special_ids=set(tokenizer.all_special_ids),
+            excluded=excluded_ids(tokenizer),
             max_length=cfg.max_length,
             n_tokens=cfg.probe_tokens,
             seed=cfg.probe_seed,
@@ -250,8 +251,9 @@ def log_activations(model, probes, pad_id, run_id: str, step: int, folder: Path)
         tracking.log_artifact(path, tracking.activations_dir(task))
 
 
-def run(cfg: TrainConfig, runtime: Runtime = Runtime(), tags: dict | None = None) -> str:
+def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = None) -> str:
     """One training run, start to end, in one MLflow run. Returns the run id."""
+    runtime = runtime or Runtime()
     set_seed(cfg.seed)
     precision = runtime.mixed_precision
     if precision == "auto":
@@ -278,7 +280,8 @@ def run(cfg: TrainConfig, runtime: Runtime = Runtime(), tags: dict | None = None
         runtime.experiment_name, tags={k: str(v) for k, v in run_tags.items()}
     ) as active:
         run_id = active.info.run_id
-        tracking.log_params(cfg.to_params())
+        tracking.log_config(cfg.to_params())
+        probes = probe_sets(cfg, tokenizer)  # before training: a bad probe task fails fast
         best, best_source = resolve_best(cfg, task.spec)
         tracking.set_tags({"best_source": best_source})
         metrics = tracking.MetricLogger(run_id)
@@ -299,7 +302,6 @@ def run(cfg: TrainConfig, runtime: Runtime = Runtime(), tags: dict | None = None
         model = accelerator.unwrap_model(model)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            probes = probe_sets(cfg, tokenizer, task)
             log_activations(model, probes, pad_id, run_id, outcome.step, tmp)
             if cfg.save_checkpoint:
                 meta = {

@@ -1,0 +1,51 @@
+# bertrep: `make install demo` on a fresh machine, `make test` for the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= $(or $(BERTREP_DATA_DIR),../shared/data)
+export BERTREP_DATA_DIR := $(abspath $(DATA))
+export HF_HUB_OFFLINE ?= 1
+# `mlflow run --env-manager local` runs `python` from PATH: make it the venv's.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test test-quick test-slow lint format ui bench clean
+
+install: $(BIN)/.installed
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+# One real training run on the CPU: MiniLM fine-tuned on SST-2, logged to ./mlflow.db.
+demo: install
+	$(BIN)/mlflow run . -e train --env-manager local \
+		-P task=sst2 -P base_model=minilm -P max_steps=60 -P lr=1e-4
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+test-quick: install
+	$(BIN)/pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+ui:
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}
+
+bench: install
+	$(BIN)/python bench/cka.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,104 @@
+"""Shared fixtures: the real data folder, tiny random BERTs, a throwaway MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub in tests
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Tokenization and model caches in a folder of this test session."""
+    old = os.environ.get("BERTREP_CACHE_DIR")
+    os.environ["BERTREP_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("BERTREP_CACHE_DIR", None)
+    else:
+        os.environ["BERTREP_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real task data: $BERTREP_DATA_DIR, else ../shared/data beside the repo."""
+    path = Path(os.environ.get("BERTREP_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (path / "sst2").is_dir():
+        pytest.skip(f"real task data not found at {path} (set BERTREP_DATA_DIR)")
+    return path
+
+
+def make_tiny_bert(folder: Path, tokenizer, layers: int = 2, width: int = 32, seed: int = 0):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * width,
+        max_position_embeddings=160,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-block, width-32 random BERT with the bert-base-uncased vocabulary."""
+    from transformers import AutoTokenizer
+
+    from bertrep.model import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_other_vocab(tmp_path_factory) -> Path:
+    """The same kind of model with a different (small, cased) WordPiece vocabulary."""
+    from transformers import BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert-other")
+    words = sorted({w for w in "the a film movie is good bad it not . , and of".split()})
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *words,
+        *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"],
+        *"abcdefghijklmnopqrstuvwxyz",
+    ]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=False)
+    return make_tiny_bert(folder, tokenizer)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite MLflow store (artifacts beside it) for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    # mlflow.set_experiment exports the id it chose; a fresh store must not inherit it
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    # delenv of an absent variable records nothing to undo: clean what MLflow exported
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)

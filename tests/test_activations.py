@@ -1,0 +1,64 @@
+"""Activation tables: right values at the probe tokens, one column per layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bertrep import activations
+from bertrep.encode import collate, encode, tokenizer_digest
+from bertrep.model import load_model
+from bertrep.probes import build_probe_set, excluded_ids
+from bertrep.tasks import Example, get_task
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model):
+    model, tok, _ = load_model(str(tiny_model), ["sst2"])
+    examples = [Example((" ".join(["word"] * (3 + i % 9)) + f" end {i}",), 0) for i in range(30)]
+    data = encode(get_task("sst2"), examples, tok, 32)
+    probe = build_probe_set(
+        data, task="sst2", split="validation", source="mem", tokenizer_digest=tokenizer_digest(tok),
+        excluded=excluded_ids(tok), max_length=32, n_tokens=80, seed=3,
+    )  # fmt: skip
+    return model, tok, data, probe
+
+
+def test_extract_reads_the_probe_tokens(setup):
+    model, tok, data, probe = setup
+    states = activations.extract(model, data, probe, pad_id=tok.pad_token_id, batch_size=7)
+    assert states.shape == (3, 80, 32)  # embeddings + 2 blocks
+    model.eval()
+    with torch.no_grad():
+        for row in [0, 17, 79]:
+            s, pos = probe.sentence[row], probe.position[row]
+            batch = collate(data, [s], tok.pad_token_id)
+            batch.pop("labels")
+            direct = torch.stack(model.hidden_states(**batch))[:, 0, pos]
+            np.testing.assert_allclose(states[:, row], direct.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_table_one_column_per_layer(setup, tmp_path):
+    model, tok, data, probe = setup
+    states = activations.extract(model, data, probe, pad_id=tok.pad_token_id)
+    path = activations.write_table(
+        tmp_path / "a.parquet", states, probe, {"run_id": "r1", "step": 5}
+    )
+    schema = pq.read_schema(path)
+    assert [n for n in schema.names if n.startswith("layer_")] == ["layer_0", "layer_1", "layer_2"]
+    one = pq.read_table(path, columns=["layer_1"])  # pyarrow alone, one layer
+    assert one.num_rows == 80 and one.schema.field("layer_1").type.list_size == 32
+    meta = activations.read_meta(path)
+    assert meta["probe_digest"] == probe.digest and meta["run_id"] == "r1" and meta["step"] == 5
+    assert meta["dtype"] == "float16"
+    back = activations.read_layers(path, [2])[2]
+    assert back.dtype == np.float16
+    np.testing.assert_allclose(back, states[2], rtol=1e-3, atol=1e-3)
+
+
+def test_row_count_must_match_probe(setup, tmp_path):
+    _, _, _, probe = setup
+    with pytest.raises(ValueError, match="states have 3 rows"):
+        activations.write_table(tmp_path / "x.parquet", np.zeros((2, 3, 4)), probe, {})

@@ -1,0 +1,95 @@
+"""Freezing as DESIGN.md defines it, heads, and checkpoints that load back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from bertrep.model import TaskModel, load_model, loss_fn, save_checkpoint
+from bertrep.tasks import get_task
+
+
+def batch(tokenizer, n=3):
+    enc = tokenizer(
+        ["a good film", "a bad one here", "fine"][:n], padding=True, return_tensors="pt"
+    )
+    return dict(enc)
+
+
+def trainable_blocks(model: TaskModel) -> list[bool]:
+    blocks = model.encoder.encoder.layer
+    return [all(p.requires_grad for p in b.parameters()) for b in blocks]
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_freeze_marks_embeddings_and_first_k_blocks(tiny_model, k):
+    model, _, _ = load_model(str(tiny_model), ["sst2"])
+    model.freeze(k)
+    embeddings_trainable = all(p.requires_grad for p in model.encoder.embeddings.parameters())
+    assert embeddings_trainable == (k == 0)
+    assert trainable_blocks(model) == [i >= k for i in range(model.num_layers)]
+    assert all(p.requires_grad for p in model.heads.parameters())
+    model.train()
+    frozen = [model.encoder.embeddings, *model.encoder.encoder.layer[:k]] if k else []
+    assert all(not m.training for f in frozen for m in f.modules())  # no dropout there
+    assert all(m.training for m in model.encoder.encoder.layer[k:].modules())
+
+
+def test_frozen_prefix_gets_no_gradient_and_no_dropout(tiny_model):
+    model, tok, _ = load_model(str(tiny_model), ["sst2"])
+    model.freeze(1)
+    model.train()
+    inputs = batch(tok)
+    # the frozen prefix is deterministic in training mode: no dropout below block 2
+    first = model.hidden_states(**inputs)[1]
+    second = model.hidden_states(**inputs)[1]
+    torch.testing.assert_close(first, second)
+    loss = loss_fn(get_task("sst2"), model("sst2", **inputs), torch.tensor([1, 0, 1]))
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.embeddings.parameters())
+    assert all(p.grad is None for p in model.encoder.encoder.layer[0].parameters())
+    assert all(p.grad is not None for p in model.encoder.encoder.layer[1].parameters())
+
+
+def test_all_layers_frozen_trains_only_heads_and_range_is_checked(tiny_model):
+    model, _, _ = load_model(str(tiny_model), ["pos"])
+    model.freeze(model.num_layers)
+    assert not any(trainable_blocks(model))
+    with pytest.raises(ValueError, match="frozen_layers=3 is outside 0..2"):
+        model.freeze(3)
+
+
+def test_heads_shapes(tiny_model):
+    model, tok, _ = load_model(str(tiny_model), ["sst2", "stsb", "pos", "mnli"])
+    inputs = batch(tok)
+    width = inputs["input_ids"].shape[1]
+    assert model("sst2", **inputs).shape == (3, 2)
+    assert model("stsb", **inputs).shape == (3, 1)
+    assert model("mnli", **inputs).shape == (3, 3)
+    assert model("pos", **inputs).shape == (3, width, 47)
+
+
+def test_checkpoint_round_trip(tiny_model, tmp_path):
+    model, tok, _ = load_model(str(tiny_model), ["sst2"])
+    model.eval()
+    inputs = batch(tok)
+    expected = model("sst2", **inputs)
+    save_checkpoint(model, tok, tmp_path / "ckpt", {"task": "sst2"})
+    # an ordinary Hugging Face folder ...
+    encoder = AutoModel.from_pretrained(tmp_path / "ckpt")
+    AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+    torch.testing.assert_close(
+        encoder(**inputs).last_hidden_state, model.encoder(**inputs).last_hidden_state
+    )
+    # ... and with our heads: the sst2 head comes back, a new task gets a fresh one
+    again, _, meta = load_model(str(tmp_path / "ckpt"), ["sst2", "pos"])
+    again.eval()
+    assert meta["task"] == "sst2" and meta["heads"] == ["sst2"]
+    torch.testing.assert_close(again("sst2", **inputs), expected)
+    assert "pos" in again.heads
+
+
+def test_missing_local_model_is_one_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="base_model folder ./nowhere does not exist"):
+        load_model("./nowhere", ["sst2"])

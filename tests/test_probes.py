@@ -1,0 +1,71 @@
+"""Probe sets: deterministic, special-free, and named by what decides them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from transformers import AutoTokenizer
+
+from bertrep.encode import encode, tokenizer_digest
+from bertrep.probes import ProbeSet, build_probe_set, excluded_ids
+from bertrep.tasks import Example, get_task
+
+SENTENCES = [
+    Example((f"the film number {i} is good and not bad at all",), i % 2) for i in range(40)
+]
+
+
+def probe(tokenizer, examples=SENTENCES, **overrides):
+    data = encode(get_task("sst2"), examples, tokenizer, 64)
+    kwargs = dict(
+        task="sst2",
+        split="validation",
+        source="mem",
+        tokenizer_digest=tokenizer_digest(tokenizer),
+        excluded=excluded_ids(tokenizer),
+        max_length=64,
+        n_tokens=100,
+        seed=0,
+    )
+    return build_probe_set(data, **(kwargs | overrides)), data
+
+
+def test_probe_rows_are_sorted_special_free_and_reproducible(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    p, data = probe(tok)
+    q, _ = probe(tok)
+    assert len(p) == 100 and p.digest == q.digest
+    np.testing.assert_array_equal(p.position, q.position)
+    keys = p.sentence * 1000 + p.position
+    assert (np.diff(keys) > 0).all()
+    assert not set(p.token_id.tolist()) & {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    for s, pos, t in zip(p.sentence, p.position, p.token_id, strict=True):
+        assert data.input_ids[s][pos] == t
+
+
+def test_digest_follows_every_input(tiny_model, tiny_model_other_vocab):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    base = probe(tok)[0].digest
+    assert probe(tok, seed=1)[0].digest != base
+    assert probe(tok, n_tokens=50)[0].digest != base
+    assert probe(tok, max_length=63)[0].digest != base
+    assert probe(tok, source="elsewhere")[0].digest == base  # where the file lies is not identity
+    assert probe(tok, examples=SENTENCES[:-1])[0].digest != base
+    other = AutoTokenizer.from_pretrained(tiny_model_other_vocab)
+    assert probe(other)[0].digest != base
+
+
+def test_small_split_takes_every_token(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    p, data = probe(tok, examples=SENTENCES[:2], n_tokens=10_000)
+    assert len(p) == sum(len(ids) - 2 for ids in data.input_ids)
+    assert p.meta["rows"] == len(p) and p.meta["available"] == len(p)
+
+
+def test_table_round_trip(tiny_model):
+    p, _ = probe(AutoTokenizer.from_pretrained(tiny_model))
+    table = p.to_table()
+    assert isinstance(table, pa.Table)
+    q = ProbeSet.from_table(table)
+    assert q.digest == p.digest
+    np.testing.assert_array_equal(q.token_id, p.token_id)

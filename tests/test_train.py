@@ -1,0 +1,188 @@
+"""End-to-end training runs: real data (subsampled), tiny random BERTs, a real MLflow
+store read back with MLflow's own client, and `mlflow run` of the MLproject."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import REPO
+from mlflow.tracking import MlflowClient
+from transformers import AutoModel
+
+from bertrep import tracking
+from bertrep.config import Runtime, TrainConfig
+from bertrep.train import run
+
+pytestmark = pytest.mark.slow
+
+QUIET = Runtime(progress=False)
+
+
+def small(tiny_model, data_dir, **overrides) -> TrainConfig:
+    values = dict(
+        base_model=str(tiny_model),
+        data_dir=str(data_dir),
+        max_steps=4,
+        batch_size=8,
+        lr=1e-3,
+        max_train_examples=64,
+        max_eval_examples=48,
+        probe_tokens=150,
+    )
+    return TrainConfig(**(values | overrides))
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def table_meta(run_id: str, artifact: str) -> dict:
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
+    return json.loads(pq.read_schema(local).metadata[b"bertrep.activations"])
+
+
+def artifacts(run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for item in MlflowClient().list_artifacts(run_id, path):
+        out += artifacts(run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("task", "metric"),
+    [
+        ("sst2", "accuracy"),
+        ("stsb", "pearson"),
+        ("pos", "accuracy"),
+        ("mnli", "accuracy"),
+        ("rte", "accuracy"),
+    ],
+)
+def test_one_run_per_task(tiny_model, data_dir, mlflow_store, task, metric):
+    cfg = small(tiny_model, data_dir, task=task, eval_every=2)
+    run_id = run(cfg, QUIET)
+    r = MlflowClient().get_run(run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["task"] == task and r.data.params["max_steps"] == "4"
+    assert r.data.tags[tracking.TASK] == task and r.data.tags[tracking.SEED] == "0"
+    assert r.data.tags[tracking.FROZEN_LAYERS] == "0" and r.data.tags[tracking.DIVERGED] in (
+        "true",
+        "false",
+    )
+    history = MlflowClient().get_metric_history(run_id, tracking.LOSS)
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    evals = MlflowClient().get_metric_history(run_id, tracking.eval_metric(metric))
+    assert [m.step for m in evals] == [2, 4]
+    assert np.isfinite(r.data.metrics[tracking.NORM_SCORE])
+    assert r.data.metrics[tracking.THROUGHPUT] > 0
+    files = artifacts(run_id)
+    table = f"activations/{task}/step_4.parquet"
+    assert table in files and f"probes/{task}.parquet" in files
+    assert "checkpoint/model.safetensors" in files and "checkpoint/heads.safetensors" in files
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=table)
+    t = pq.read_table(local)
+    assert [c for c in t.column_names if c.startswith("layer_")] == [
+        "layer_0",
+        "layer_1",
+        "layer_2",
+    ]
+    assert t.num_rows == 150
+    meta = json.loads(t.schema.metadata[b"bertrep.activations"])
+    assert meta["run_id"] == run_id and meta["step"] == 4
+
+
+def test_frozen_run_keeps_the_prefix_and_loads_back(tiny_model, data_dir, mlflow_store):
+    cfg = small(tiny_model, data_dir, task="sst2", frozen_layers=1)
+    run_id = run(cfg, QUIET)
+    ckpt = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/checkpoint")
+    tuned, base = AutoModel.from_pretrained(ckpt), AutoModel.from_pretrained(tiny_model)
+    assert same_weights(tuned.embeddings, base.embeddings)
+    assert same_weights(tuned.encoder.layer[0], base.encoder.layer[0])
+    assert not same_weights(tuned.encoder.layer[1], base.encoder.layer[1])
+
+
+def test_run_starts_from_another_run_and_probes_other_tasks(tiny_model, data_dir, mlflow_store):
+    source = run(small(tiny_model, data_dir, task="sst2"), QUIET)
+    cfg = small(tiny_model, data_dir, task="rte", base_model=f"runs:/{source}/checkpoint",
+                source_task="sst2", probe_tasks="rte,sst2")  # fmt: skip
+    target = run(cfg, QUIET)
+    files = artifacts(target)
+    assert "activations/rte/step_4.parquet" in files and "activations/sst2/step_4.parquet" in files
+    table = "activations/sst2/step_4.parquet"
+    # same probe set, so the two models are comparable on it
+    assert table_meta(source, table)["probe_digest"] == table_meta(target, table)["probe_digest"]
+    tags = MlflowClient().get_run(target).data.tags
+    assert tags[tracking.SOURCE_TASK] == "sst2"
+
+
+def test_other_tokenizer_gets_other_probe_digest(
+    tiny_model, tiny_model_other_vocab, data_dir, mlflow_store
+):
+    a = run(small(tiny_model, data_dir, task="sst2", save_checkpoint=False), QUIET)
+    b = run(small(tiny_model_other_vocab, data_dir, task="sst2", save_checkpoint=False), QUIET)
+    table = "activations/sst2/step_4.parquet"
+    assert table_meta(a, table)["probe_digest"] != table_meta(b, table)["probe_digest"]
+    assert "checkpoint/model.safetensors" not in artifacts(b)
+
+
+def test_failed_run_is_tagged_diverged_and_kept(tiny_model, data_dir, mlflow_store):
+    cfg = small(tiny_model, data_dir, task="sst2", lr=1e4, max_grad_norm=0.0, max_steps=6)
+    run_id = run(cfg, QUIET)
+    r = MlflowClient().get_run(run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.tags[tracking.DIVERGED] == "true" and r.data.tags[tracking.DIVERGED_REASON]
+    assert any(p.startswith("activations/sst2/") for p in artifacts(run_id))
+
+
+def test_a_crashing_run_ends_failed(tiny_model, data_dir, mlflow_store, tmp_path):
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n"
+    )
+    (tmp_path / "RTE" / "dev.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n"
+    )
+    cfg = small(tiny_model, tmp_path, task="rte", probe_tasks="rte,sst2")  # no sst2 data there
+    with pytest.raises(FileNotFoundError, match="no sst2 validation file"):
+        run(cfg, QUIET)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_mlflow_run_of_the_project(tiny_model, data_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["BERTREP_DATA_DIR"] = str(data_dir)
+    params = {
+        "task": "pos",
+        "base_model": tiny_model,
+        "max_steps": 3,
+        "lr": 1e-3,
+        "max_train_examples": 32,
+        "max_eval_examples": 16,
+        "probe_tokens": 100,
+        "frozen_layers": 2,
+    }
+    cmd = [Path(sys.executable).parent / "mlflow", "run", REPO, "-e", "train"]
+    cmd += ["--env-manager", "local"]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
+    done = subprocess.run(
+        [str(c) for c in cmd], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    (r,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert r.info.status == "FINISHED"
+    assert r.data.tags[tracking.FROZEN_LAYERS] == "2"
+    assert "activations/pos/step_3.parquet" in artifacts(r.info.run_id)
