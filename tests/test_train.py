@@ -112,7 +112,13 @@ def test_frozen_run_keeps_the_prefix_and_loads_back(tiny_model, data_dir, mlflow
 
 def test_run_starts_from_another_run_and_probes_other_tasks(tiny_model, data_dir, mlflow_store):
     source = run(small(tiny_model, data_dir, task="sst2"), QUIET)
-    cfg = small(tiny_model, data_dir, task="rte", base_model=f"runs:/{source}/checkpoint",
+    # full fine-tuning from the pretrained model registers the source model
+    uri = tracking.find_registered("sst2", {tracking.SEED: "0"})
+    assert uri == "models:/bertrep-sst2/1"
+    assert MlflowClient().get_run(source).data.tags[tracking.REGISTERED_AS] == uri
+    version = MlflowClient().get_model_version("bertrep-sst2", "1")
+    assert version.run_id == source and version.tags[tracking.BASE_MODEL] == str(tiny_model)
+    cfg = small(tiny_model, data_dir, task="rte", base_model=uri,
                 source_task="sst2", probe_tasks="rte,sst2")  # fmt: skip
     target = run(cfg, QUIET)
     files = artifacts(target)

@@ -24,6 +24,7 @@ from bertrep.tasks import Example, TaskSpec
 IGNORE = -100
 CACHE_ENV = "BERTREP_CACHE_DIR"
 _CACHE_VERSION = 1
+_MEMORY: dict[Path, Encoded] = {}  # this process's tokenized splits (never mutated)
 
 
 @dataclass
@@ -119,13 +120,17 @@ def encode_cached(
         ).encode()
     ).hexdigest()[:24]
     path = cache_dir() / f"{spec.name}-{key}.arrow"
+    if path in _MEMORY:  # a sweep worker runs many trials on the same data
+        return _MEMORY[path]
     if path.is_file():
         try:
-            return _read_encoded(path, spec.kind == "tagging")
+            _MEMORY[path] = _read_encoded(path, spec.kind == "tagging")
+            return _MEMORY[path]
         except (OSError, pa.ArrowInvalid):
             path.unlink(missing_ok=True)  # a torn write from a killed run: redo it
     encoded = encode(spec, examples, tokenizer, max_length)
     _write_encoded(path, encoded)
+    _MEMORY[path] = encoded
     return encoded
 
 

@@ -12,8 +12,10 @@ tokenizer, loadable with `AutoModel.from_pretrained`) plus the heads
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -145,8 +147,8 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
     keeps A's head); the others start fresh (transfer trains a fresh head for B).
     """
     path = resolve_model_path(base_model)
-    encoder = AutoModel.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder, tokenizer = _load_pretrained(path)
+    encoder = copy.deepcopy(encoder)
     meta: dict = {}
     model = TaskModel(encoder, [])
     if os.path.isfile(os.path.join(path, META_FILE)):
@@ -159,6 +161,13 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
         if task not in model.heads:
             model.add_head(task)
     return model, tokenizer, meta
+
+
+@lru_cache(maxsize=4)
+def _load_pretrained(path: str):
+    """Encoder and tokenizer of a folder or hub id, loaded once per process: a sweep
+    worker runs many trials from the same few models. Callers copy the encoder."""
+    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
 def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict) -> Path:

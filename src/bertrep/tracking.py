@@ -34,6 +34,7 @@ KIND = "bertrep.kind"  # "train" for a training run
 TRAIN_FILE = "train_file"
 EVAL_FILE = "eval_file"
 NUM_LAYERS = "num_layers"
+REGISTERED_AS = "registered_as"
 
 # metrics
 LOSS = "train/loss"
@@ -165,6 +166,40 @@ def _experiment_name() -> str:
     if run is not None:
         return mlflow.get_experiment(run.info.experiment_id).name
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", "")
+
+
+def registered_model_name(task: str) -> str:
+    return f"bertrep-{task}"
+
+
+def register_checkpoint(run_id: str, task: str, tags: dict) -> str:
+    """Register the run's checkpoint as a new version of `bertrep-<task>`; its URI."""
+    client = MlflowClient()
+    name = registered_model_name(task)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, tags={TASK: task})
+    version = client.create_model_version(
+        name,
+        source=f"runs:/{run_id}/{CHECKPOINT}",
+        run_id=run_id,
+        tags={k: str(v) for k, v in tags.items()} | {"run_id": run_id},
+    )
+    return f"models:/{name}/{version.version}"
+
+
+def find_registered(task: str, tags: dict) -> str | None:
+    """The newest registered version of `bertrep-<task>` carrying `tags`, as a
+    models:/ URI, or None."""
+    query = f"name = '{registered_model_name(task)}'" + "".join(
+        f" and tags.{k} = '{v}'" for k, v in tags.items()
+    )
+    versions = MlflowClient().search_model_versions(query)
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    return f"models:/{newest.name}/{newest.version}"
 
 
 def download_model(uri: str) -> str:

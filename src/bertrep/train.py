@@ -196,6 +196,20 @@ def log_eval(model, task, accelerator, metrics, pad_id, cfg, best, step) -> dict
     return scores
 
 
+def registers_source(cfg: TrainConfig) -> bool:
+    """Full fine-tuning from the pretrained model: the runs transfer starts from."""
+    return cfg.source_task == "base" and cfg.frozen_layers == 0 and cfg.save_checkpoint
+
+
+def source_tags(cfg: TrainConfig) -> dict[str, str]:
+    """What identifies a registered source model (a version of `bertrep-<task>`)."""
+    return {
+        tracking.BASE_MODEL: cfg.base_model,
+        tracking.SEED: str(cfg.seed),
+        tracking.CONFIG_KEY: cfg.key(),
+    }
+
+
 def resolve_best(cfg: TrainConfig, spec: TaskSpec) -> tuple[float, str]:
     """best_B for the normalized score: given, else looked up, else the ideal score 1."""
     if cfg.best_score:
@@ -312,6 +326,9 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
                 }
                 save_checkpoint(model, tokenizer, tmp / tracking.CHECKPOINT, meta)
                 tracking.log_artifact(tmp / tracking.CHECKPOINT, tracking.CHECKPOINT)
+                if registers_source(cfg):
+                    uri = tracking.register_checkpoint(run_id, cfg.task, source_tags(cfg))
+                    tracking.set_tags({tracking.REGISTERED_AS: uri})
     return run_id
 
 
