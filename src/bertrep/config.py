@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+MODES = ("single", "sequential", "shuffled")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -23,6 +25,12 @@ class TrainConfig:
     source_task: str = "base"  # the task base_model was fine-tuned on ("base": pretrained)
     frozen_layers: int = 0  # k: embeddings and blocks 1..k frozen (0: nothing frozen)
     seed: int = 0
+    # two-task training (forgetting): A = source_task, B = task
+    mode: str = "single"  # single | sequential (A, then B) | shuffled (A and B mixed)
+    source_steps: int = 0  # sequential: updates on A first, unless base_model has A's head
+    checkpoints: str = "0,0.1,0.3,0.5,0.7,1.0"  # fractions of the B phase scored and probed
+    sampling: str = "proportional"  # shuffled: draw A or B uniform | proportional to size
+    reference_model: str = ""  # shuffled: the model tuned on A alone; empty: the registry
     # optimisation (Mosbach et al. 2021: AdamW with bias correction, warm-up 10%, then decay)
     lr: float = 2e-5
     batch_size: int = 32
@@ -48,6 +56,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from bertrep.tasks import TASKS
 
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode != "single" and self.source_task in ("base", self.task):
+            raise ValueError(
+                f"mode={self.mode} needs source_task (A) to be a task other than "
+                f"task={self.task}, not {self.source_task!r}"
+            )
+        if self.source_task != "base" and self.source_task not in TASKS:
+            raise ValueError(f"unknown source_task {self.source_task!r}: a task or 'base'")
         for name in [self.task, *self.probe_task_list]:
             if name not in TASKS:
                 raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
@@ -63,13 +80,29 @@ class TrainConfig:
             "max_eval_examples": self.max_eval_examples >= 0,
             "eval_every": self.eval_every >= 0,
         }
+        checks["sampling"] = self.sampling in ("uniform", "proportional")
+        checks["source_steps"] = self.source_steps >= 0
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is out of range")
+        if not all(0 <= f <= 1 for f in self.checkpoint_fractions):
+            raise ValueError(f"checkpoints={self.checkpoints!r}: fractions must lie in [0, 1]")
+
+    @property
+    def checkpoint_fractions(self) -> list[float]:
+        try:
+            return [float(f) for f in self.checkpoints.split(",") if f.strip()]
+        except ValueError:
+            raise ValueError(
+                f"checkpoints={self.checkpoints!r} is not a list of fractions"
+            ) from None
 
     @property
     def probe_task_list(self) -> list[str]:
+        """The probe tasks: as given, else the run's task (and A's in two-task modes)."""
         tasks = [t.strip() for t in self.probe_tasks.split(",") if t.strip()]
+        if self.mode != "single":
+            tasks = [t for t in (self.source_task, self.task) if t not in tasks] + tasks
         return tasks or [self.task]
 
     def to_params(self) -> dict[str, str]:

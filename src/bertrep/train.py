@@ -1,8 +1,18 @@
-"""Fine-tune an encoder on one task with Accelerate; log everything to MLflow.
+"""Fine-tune an encoder with Accelerate; log everything to MLflow.
 
-    python -m bertrep.train --task sst2 --base_model minilm --max_steps 60 \
+    python -m bertrep.train --task sst2 --base_model minilm --max_steps 60 --lr 1e-4 \
         --data_dir ../shared/data
-    mlflow run . -e train --env-manager local -P task=sst2 -P max_steps=60
+    mlflow run . -e train --env-manager local -P task=sst2 -P max_steps=60 -P lr=1e-4
+
+Modes (`mode`):
+- single: fine-tune on `task`.
+- sequential: fine-tune on `source_task` (A) — skipped when `base_model` already
+  carries A's head, e.g. a registered A model — then on `task` (B), keeping A's head.
+- shuffled: each step draws a batch of A or B (`sampling`: uniform or proportional
+  to size), one head per task.
+In the two-task modes, at each fraction of the B phase in `checkpoints` both tasks
+are scored, activations are extracted on both probe sets, and each layer's CKA
+against the model fine-tuned on A alone is logged as a metric.
 
 Every run logs its params and tags, per-step loss and learning rate, eval scores
 (raw, chance, normalized), throughput, the checkpoint, the probe sets and the
@@ -15,10 +25,12 @@ import argparse
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -26,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from bertrep import activations, tracking
+from bertrep import activations, cka, tracking
 from bertrep.config import Runtime, TrainConfig, add_arguments, from_namespace
 from bertrep.encode import (
     IGNORE,
@@ -47,36 +59,42 @@ DATA_SEED = 0  # the training subsample is the same for every run; seeds vary in
 @dataclass
 class TaskData:
     spec: TaskSpec
-    train: Encoded | None
+    train: Encoded
     eval: Encoded
     chance: float
     train_source: str
     eval_source: str
+    best: float = 1.0  # best_B of the normalized score
+    best_source: str = ""
 
 
 @dataclass
-class Outcome:
-    scores: dict[str, float]
-    diverged: str  # empty, or why the run counts as failed
-    step: int
+class Context:
+    """What every stage of one run shares."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    metrics: tracking.MetricLogger
+    pad_id: int
+    run_id: str
+    folder: Path  # where artifacts are written before they are logged
+    progress: bool
 
 
-def load_task_data(cfg: TrainConfig, task: str, tokenizer, *, train: bool) -> TaskData:
-    """Tokenized train (optional) and eval splits of `task`, subsampled as `cfg` says."""
+def load_task_data(cfg: TrainConfig, task: str, tokenizer) -> TaskData:
+    """Tokenized train and eval splits of `task`, subsampled as `cfg` says."""
     spec = get_task(task)
     where = {"data_dir": cfg.data_dir, "data_files": cfg.data_files if task == cfg.task else ""}
     eval_examples, eval_source = load_split(spec, spec.eval_split, **where)
     if cfg.max_eval_examples:
         eval_examples = eval_examples[: cfg.max_eval_examples]
     eval_data = encode_cached(spec, eval_examples, eval_source, tokenizer, cfg.max_length)
-    train_data, train_source = None, ""
-    if train:
-        examples, train_source = load_split(spec, "train", **where)
-        train_data = encode_cached(spec, examples, train_source, tokenizer, cfg.max_length)
-        if cfg.max_train_examples and cfg.max_train_examples < len(train_data):
-            rng = np.random.default_rng(DATA_SEED)
-            keep = np.sort(rng.choice(len(train_data), cfg.max_train_examples, replace=False))
-            train_data = train_data.subset(keep)
+    examples, train_source = load_split(spec, "train", **where)
+    train_data = encode_cached(spec, examples, train_source, tokenizer, cfg.max_length)
+    if cfg.max_train_examples and cfg.max_train_examples < len(train_data):
+        rng = np.random.default_rng(DATA_SEED)
+        keep = np.sort(rng.choice(len(train_data), cfg.max_train_examples, replace=False))
+        train_data = train_data.subset(keep)
     chance = chance_score(spec, eval_examples)
     return TaskData(spec, train_data, eval_data, chance, train_source, eval_source)
 
@@ -89,23 +107,26 @@ def make_loader(data: Encoded, batch_sampler, pad_id: int) -> DataLoader:
     )
 
 
+def endless(loader: DataLoader):
+    while True:
+        yield from loader
+
+
 @torch.no_grad()
-def evaluate(model: TaskModel, task: TaskData, accelerator, pad_id: int, batch_size: int):
+def evaluate(ctx: Context, model: TaskModel, task: TaskData) -> dict[str, float]:
     """The task's metrics on its eval split."""
     model.eval()
-    loader = accelerator.prepare(
-        make_loader(task.eval, eval_batches(task.eval, batch_size), pad_id)
-    )
+    batches = eval_batches(task.eval, max(64, ctx.cfg.batch_size))
+    loader = ctx.accelerator.prepare(make_loader(task.eval, batches, ctx.pad_id))
     preds, golds = [], []
     for batch in loader:
         labels = batch.pop("labels")
         pred = predictions(task.spec, model(task.spec.name, **batch))
         if task.spec.kind == "tagging":
             keep = labels != IGNORE
-            pred, labels = pred[keep], labels[keep]
-            pred = accelerator.pad_across_processes(pred, pad_index=IGNORE)
-            labels = accelerator.pad_across_processes(labels, pad_index=IGNORE)
-        pred, labels = accelerator.gather_for_metrics((pred, labels))
+            pred = ctx.accelerator.pad_across_processes(pred[keep], pad_index=IGNORE)
+            labels = ctx.accelerator.pad_across_processes(labels[keep], pad_index=IGNORE)
+        pred, labels = ctx.accelerator.gather_for_metrics((pred, labels))
         preds.append(pred.cpu())
         golds.append(labels.cpu())
     model.train()
@@ -120,104 +141,97 @@ def normalized(value: float, chance: float, best: float) -> float:
     return (value - chance) / (best - chance) if best != chance else math.nan
 
 
-def fine_tune(
-    cfg: TrainConfig,
-    model: TaskModel,
-    task: TaskData,
-    accelerator: Accelerator,
-    metrics: tracking.MetricLogger,
-    pad_id: int,
-    best: float,
-    progress: bool = True,
-) -> Outcome:
-    """The training loop: AdamW (bias-corrected), linear warm-up then decay, max_steps."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps
-    )
-    sampler = LengthGroupedBatches(task.train.lengths(), cfg.batch_size, cfg.seed)
-    loader = make_loader(task.train, sampler, pad_id)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    model.train()
-    step, seen, train_time, diverged, scores = 0, 0, 0.0, "", {}
-    bar = tqdm(total=cfg.max_steps, desc=f"{cfg.task} k={cfg.frozen_layers}", disable=not progress)
-    while step < cfg.max_steps and not diverged:
-        for batch in loader:
-            start = time.perf_counter()
-            labels = batch.pop("labels")
-            loss = loss_fn(task.spec, model(cfg.task, **batch), labels)
-            if not torch.isfinite(loss):
-                # Keep the last finite weights: the run is kept and analysable.
-                diverged = f"non-finite loss at step {step + 1}"
-                metrics.log({tracking.LOSS: loss.item()}, step + 1)
-                break
-            accelerator.backward(loss)
-            if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_time += time.perf_counter() - start
-            step += 1
-            seen += len(labels)
-            metrics.log({tracking.LOSS: loss.item(), tracking.LR: scheduler.get_last_lr()[0]}, step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                scores = log_eval(model, task, accelerator, metrics, pad_id, cfg, best, step)
-            if step >= cfg.max_steps:
-                break
-    bar.close()
-    metrics.log({tracking.THROUGHPUT: seen / max(train_time, 1e-9)}, step)
-    scores = log_eval(model, task, accelerator, metrics, pad_id, cfg, best, step)
-    final = scores[task.spec.metric]
-    if not diverged and (
-        not math.isfinite(final) or abs(final - task.chance) <= cfg.diverge_margin
-    ):
-        diverged = f"final {task.spec.metric} {final:.4f} within {cfg.diverge_margin} of chance"
-    return Outcome(scores, diverged, step)
-
-
-def log_eval(model, task, accelerator, metrics, pad_id, cfg, best, step) -> dict[str, float]:
-    scores = evaluate(model, task, accelerator, pad_id, batch_size=max(64, cfg.batch_size))
-    value = scores[task.spec.metric]
-    logged = {tracking.eval_metric(k): v for k, v in scores.items()}
-    logged[tracking.CHANCE] = task.chance
-    logged[tracking.NORM_SCORE] = normalized(value, task.chance, best)
-    metrics.log(logged, step)
+def log_eval(ctx: Context, model: TaskModel, task: TaskData, step: int) -> dict[str, float]:
+    """Score `task` and log raw, chance and normalized scores; the run's own task under
+    eval/..., the other task of a two-task run under eval/<task>/..."""
+    scores = evaluate(ctx, model, task)
+    scope = None if task.spec.name == ctx.cfg.task else task.spec.name
+    logged = {tracking.eval_metric(k, scope): v for k, v in scores.items()}
+    logged[tracking.eval_metric("chance", scope)] = task.chance
+    norm = normalized(scores[task.spec.metric], task.chance, task.best)
+    logged[tracking.eval_metric("norm_score", scope)] = norm
+    ctx.metrics.log(logged, step)
     return scores
 
 
-def registers_source(cfg: TrainConfig) -> bool:
-    """Full fine-tuning from the pretrained model: the runs transfer starts from."""
-    return cfg.source_task == "base" and cfg.frozen_layers == 0 and cfg.save_checkpoint
+def optimise(
+    ctx: Context,
+    model: TaskModel,
+    tasks: list[TaskData],
+    steps: int,
+    phase: str,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[int, str]:
+    """`steps` AdamW updates (bias-corrected; linear warm-up, then linear decay) on
+    batches of `tasks`: with one task its batches in turn, with several a task drawn per
+    step (`cfg.sampling`). Calls on_step(0) first, then on_step(s) after update s.
+    Returns (updates done, why the loss diverged or "")."""
+    cfg, accelerator = ctx.cfg, ctx.accelerator
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    loaders = []
+    for i, task in enumerate(tasks):
+        sampler = LengthGroupedBatches(task.train.lengths(), cfg.batch_size, cfg.seed + i)
+        loaders.append(endless(accelerator.prepare(make_loader(task.train, sampler, ctx.pad_id))))
+    sizes = np.array([len(t.train) for t in tasks], dtype=float)
+    weights = sizes / sizes.sum() if cfg.sampling == "proportional" else None
+    pick = np.random.default_rng(cfg.seed).choice(len(tasks), size=steps, p=weights)
+    if on_step:
+        on_step(0)
+    model.train()
+    seen, busy, diverged = 0, 0.0, ""
+    loss_key = tracking.phase_metric(phase, "loss")
+    bar = tqdm(range(1, steps + 1), desc=f"{phase} {'+'.join(t.spec.name for t in tasks)}",
+               disable=not ctx.progress)  # fmt: skip
+    for step in bar:
+        start = time.perf_counter()
+        task = tasks[pick[step - 1]]
+        batch = next(loaders[pick[step - 1]])
+        labels = batch.pop("labels")
+        loss = loss_fn(task.spec, model(task.spec.name, **batch), labels)
+        if not torch.isfinite(loss):
+            # Keep the last finite weights: the run is kept and analysable.
+            ctx.metrics.log({loss_key: loss.item()}, step)
+            diverged = f"non-finite {phase} loss at step {step}"
+            step -= 1
+            break
+        accelerator.backward(loss)
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        busy += time.perf_counter() - start
+        seen += len(labels)
+        lr = scheduler.get_last_lr()[0]
+        ctx.metrics.log({loss_key: loss.item(), tracking.phase_metric(phase, "lr"): lr}, step)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if on_step:
+            on_step(step)
+    bar.close()
+    ctx.metrics.log({tracking.phase_metric(phase, "examples_per_s"): seen / max(busy, 1e-9)}, step)
+    return step, diverged
 
 
-def source_tags(cfg: TrainConfig) -> dict[str, str]:
-    """What identifies a registered source model (a version of `bertrep-<task>`)."""
-    return {
-        tracking.BASE_MODEL: cfg.base_model,
-        tracking.SEED: str(cfg.seed),
-        tracking.CONFIG_KEY: cfg.key(),
-    }
-
-
-def resolve_best(cfg: TrainConfig, spec: TaskSpec) -> tuple[float, str]:
-    """best_B for the normalized score: given, else looked up, else the ideal score 1."""
-    if cfg.best_score:
-        return cfg.best_score, "given"
-    best, runs = tracking.reference_best(cfg.task, cfg.base_model, spec.metric)
+def resolve_best(cfg: TrainConfig, task: TaskData) -> None:
+    """best_B for the normalized score: given (for the run's task), else the mean of the
+    experiment's full fine-tuning runs from this base model, else the ideal score 1."""
+    if cfg.best_score and task.spec.name == cfg.task:
+        task.best, task.best_source = cfg.best_score, "given"
+        return
+    best, runs = tracking.reference_best(task.spec.name, cfg.base_model)
     if runs:
-        return best, f"mean of {runs} full fine-tuning runs"
-    return 1.0, "ideal score (no full fine-tuning runs from the base model yet)"
+        task.best, task.best_source = best, f"mean of {runs} full fine-tuning runs"
+    else:
+        task.best, task.best_source = 1.0, "ideal score (no full fine-tuning runs yet)"
 
 
 def probe_sets(cfg: TrainConfig, tokenizer) -> list[tuple[ProbeSet, Encoded]]:
@@ -227,11 +241,9 @@ def probe_sets(cfg: TrainConfig, tokenizer) -> list[tuple[ProbeSet, Encoded]]:
     for name in cfg.probe_task_list:
         spec = get_task(name)
         # Probe sets never depend on max_eval_examples: every model compared must agree.
+        files = cfg.data_files if name == cfg.task else ""
         examples, source = load_split(
-            spec,
-            spec.eval_split,
-            data_dir=cfg.data_dir,
-            data_files=cfg.data_files if name == cfg.task else "",
+            spec, spec.eval_split, data_dir=cfg.data_dir, data_files=files
         )
         data = encode_cached(spec, examples, source, tokenizer, cfg.max_length)
         probe = build_probe_set(
@@ -249,20 +261,107 @@ def probe_sets(cfg: TrainConfig, tokenizer) -> list[tuple[ProbeSet, Encoded]]:
     return out
 
 
-def log_activations(model, probes, pad_id, run_id: str, step: int, folder: Path) -> None:
-    """Write and log the probe tables and every hidden state on each probe set."""
+def log_probe_tables(ctx: Context, probes: list[tuple[ProbeSet, Encoded]]) -> None:
+    for probe, _ in probes:
+        artifact = tracking.probe_artifact(probe.meta["task"])
+        path = ctx.folder / artifact
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(probe.to_table(), path)
+        tracking.log_artifact(path, str(Path(artifact).parent))
+
+
+def log_activations(ctx: Context, model, probes, step: int) -> dict[str, np.ndarray]:
+    """Extract, write and log every hidden state on each probe set at `step`.
+    Returns {probe task: (L + 1, N, width) float32 states}."""
+    out = {}
     for probe, data in probes:
         task = probe.meta["task"]
-        table_path = folder / tracking.probe_artifact(task)
-        table_path.parent.mkdir(parents=True, exist_ok=True)
-        import pyarrow.parquet as pq
-
-        pq.write_table(probe.to_table(), table_path)
-        tracking.log_artifact(table_path, str(Path(tracking.probe_artifact(task)).parent))
-        states = activations.extract(model, data, probe, pad_id=pad_id)
-        path = folder / tracking.activations_dir(task) / tracking.activations_file(step)
-        activations.write_table(path, states, probe, {"run_id": run_id, "step": step})
+        states = activations.extract(model, data, probe, pad_id=ctx.pad_id)
+        path = ctx.folder / tracking.activations_dir(task) / tracking.activations_file(step)
+        activations.write_table(path, states, probe, {"run_id": ctx.run_id, "step": step})
         tracking.log_artifact(path, tracking.activations_dir(task))
+        out[task] = states
+    return out
+
+
+def log_drift(ctx: Context, states: dict, reference: dict, step: int) -> None:
+    """Per-layer CKA of the current model against the reference (the model fine-tuned on
+    A alone), same layer index, on each probe set."""
+    logged = {}
+    for task, current in states.items():
+        for layer in range(len(current)):
+            value = cka.linear_cka(reference[task][layer], current[layer])
+            logged[tracking.drift_metric(task, layer)] = value
+    ctx.metrics.log(logged, step)
+
+
+def checkpoint_steps(cfg: TrainConfig) -> list[int]:
+    return sorted({round(f * cfg.max_steps) for f in cfg.checkpoint_fractions} | {cfg.max_steps})
+
+
+def reference_states(cfg: TrainConfig, probes, pad_id: int) -> dict[str, np.ndarray]:
+    """Activations of the model fine-tuned on A alone (shuffled mode's reference)."""
+    uri = cfg.reference_model or tracking.find_registered(
+        cfg.source_task, {tracking.BASE_MODEL: cfg.base_model, tracking.SEED: str(cfg.seed)}
+    )
+    if not uri:
+        raise ValueError(
+            f"shuffled mode needs a model fine-tuned on {cfg.source_task} alone: set "
+            f"reference_model, or register one (a {cfg.source_task} run from {cfg.base_model}, "
+            f"seed {cfg.seed})"
+        )
+    model, _, _ = load_model(uri, [])
+    return {
+        probe.meta["task"]: activations.extract(model, data, probe, pad_id=pad_id)
+        for probe, data in probes
+    }
+
+
+def train_two_tasks(ctx: Context, model, source: TaskData, target: TaskData, probes, has_head):
+    """Sequential or shuffled training with the checkpoint series. Returns (final scores
+    of the target, updates done in the B phase, divergence reason)."""
+    cfg = ctx.cfg
+    diverged = ""
+    if cfg.mode == "sequential":
+        if not has_head:
+            steps = cfg.source_steps or cfg.max_steps
+            _, diverged = optimise(ctx, model, [source], steps, phase="source")
+        reference = {}  # the start of the B phase is the model fine-tuned on A
+        tasks = [target]
+    else:
+        reference = reference_states(cfg, probes, ctx.pad_id)
+        tasks = [source, target]
+    due = checkpoint_steps(cfg)
+    done: dict[int, dict] = {}
+
+    def at_checkpoint(step: int) -> None:
+        if step not in due or step in done:
+            return
+        log_eval(ctx, model, source, step)
+        done[step] = log_eval(ctx, model, target, step)
+        states = log_activations(ctx, model, probes, step)
+        if not reference:
+            reference.update(states)
+        log_drift(ctx, states, reference, step)
+
+    steps, why = optimise(ctx, model, tasks, cfg.max_steps, phase="train", on_step=at_checkpoint)
+    if steps not in done:  # stopped early: close the series where training stopped
+        due.append(steps)
+        at_checkpoint(steps)
+    return done[steps], steps, diverged or why
+
+
+def train_one_task(ctx: Context, model, target: TaskData, probes):
+    cfg = ctx.cfg
+
+    def periodic_eval(step: int) -> None:
+        if cfg.eval_every and 0 < step < cfg.max_steps and step % cfg.eval_every == 0:
+            log_eval(ctx, model, target, step)
+
+    steps, diverged = optimise(ctx, model, [target], cfg.max_steps, "train", periodic_eval)
+    scores = log_eval(ctx, model, target, steps)
+    log_activations(ctx, model, probes, steps)
+    return scores, steps, diverged
 
 
 def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = None) -> str:
@@ -273,12 +372,16 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=precision)
-    model, tokenizer, source_meta = load_model(cfg.base_model, [cfg.task])
+    two_tasks = cfg.mode != "single"
+    heads = [cfg.source_task, cfg.task] if two_tasks else [cfg.task]
+    model, tokenizer, source_meta = load_model(cfg.base_model, heads)
+    has_head = cfg.source_task in source_meta.get("heads", [])
     model.freeze(cfg.frozen_layers)
-    task = load_task_data(cfg, cfg.task, tokenizer, train=True)
-    pad_id = tokenizer.pad_token_id
+    target = load_task_data(cfg, cfg.task, tokenizer)
+    source = load_task_data(cfg, cfg.source_task, tokenizer) if two_tasks else None
     run_tags = {
         tracking.KIND: "train",
+        tracking.MODE: cfg.mode,
         tracking.TASK: cfg.task,
         tracking.BASE_MODEL: cfg.base_model,
         tracking.SOURCE_TASK: cfg.source_task,
@@ -286,50 +389,90 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
         tracking.SEED: cfg.seed,
         tracking.CONFIG_KEY: cfg.key(),
         tracking.NUM_LAYERS: model.num_layers,
-        tracking.TRAIN_FILE: task.train_source,
-        tracking.EVAL_FILE: task.eval_source,
+        tracking.TRAIN_FILE: target.train_source,
+        tracking.EVAL_FILE: target.eval_source,
         **(tags or {}),
     }
-    with tracking.start_run(
-        runtime.experiment_name, tags={k: str(v) for k, v in run_tags.items()}
-    ) as active:
-        run_id = active.info.run_id
+    run_tags = {k: str(v) for k, v in run_tags.items()}
+    with tracking.start_run(runtime.experiment_name, tags=run_tags) as active:
         tracking.log_config(cfg.to_params())
         probes = probe_sets(cfg, tokenizer)  # before training: a bad probe task fails fast
-        best, best_source = resolve_best(cfg, task.spec)
-        tracking.set_tags({"best_source": best_source})
-        metrics = tracking.MetricLogger(run_id)
-        metrics.log({tracking.BEST_SCORE: best}, 0)
-        outcome = fine_tune(cfg, model, task, accelerator, metrics, pad_id, best, runtime.progress)
-        final = outcome.scores[task.spec.metric]
-        metrics.log(
-            {
-                tracking.FINAL_SCORE: final,
-                tracking.FINAL_NORM_SCORE: normalized(final, task.chance, best),
-            },
-            outcome.step,
-        )
-        metrics.flush()
-        tracking.set_tags({tracking.DIVERGED: str(bool(outcome.diverged)).lower()})
-        if outcome.diverged:
-            tracking.set_tags({tracking.DIVERGED_REASON: outcome.diverged})
-        model = accelerator.unwrap_model(model)
+        for task in filter(None, (target, source)):
+            resolve_best(cfg, task)
+        tracking.set_tags({tracking.BEST_SOURCE: target.best_source})
         with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            log_activations(model, probes, pad_id, run_id, outcome.step, tmp)
+            ctx = Context(
+                cfg,
+                accelerator,
+                tracking.MetricLogger(active.info.run_id),
+                tokenizer.pad_token_id,
+                active.info.run_id,
+                Path(tmp),
+                runtime.progress,
+            )
+            ctx.metrics.log({tracking.BEST_SCORE: target.best}, 0)
+            log_probe_tables(ctx, probes)
+            model = accelerator.prepare(model)
+            if two_tasks:
+                scores, steps, diverged = train_two_tasks(
+                    ctx, model, source, target, probes, has_head
+                )
+            else:
+                scores, steps, diverged = train_one_task(ctx, model, target, probes)
+            final = scores[target.spec.metric]
+            if not diverged and abs(final - target.chance) <= cfg.diverge_margin:
+                diverged = (
+                    f"final {target.spec.metric} {final:.4f} within {cfg.diverge_margin} of chance"  # noqa: E501
+                )
+            ctx.metrics.log(
+                {
+                    tracking.FINAL_SCORE: final,
+                    tracking.FINAL_NORM_SCORE: normalized(final, target.chance, target.best),
+                },
+                steps,
+            )
+            ctx.metrics.flush()
+            tracking.set_tags({tracking.DIVERGED: str(bool(diverged)).lower()})
+            if diverged:
+                tracking.set_tags({tracking.DIVERGED_REASON: diverged})
             if cfg.save_checkpoint:
-                meta = {
-                    "base_model": cfg.base_model,
-                    "task": cfg.task,
-                    "frozen_layers": cfg.frozen_layers,
-                    "source": source_meta,
-                }
-                save_checkpoint(model, tokenizer, tmp / tracking.CHECKPOINT, meta)
-                tracking.log_artifact(tmp / tracking.CHECKPOINT, tracking.CHECKPOINT)
-                if registers_source(cfg):
-                    uri = tracking.register_checkpoint(run_id, cfg.task, source_tags(cfg))
-                    tracking.set_tags({tracking.REGISTERED_AS: uri})
-    return run_id
+                log_checkpoint(ctx, accelerator.unwrap_model(model), tokenizer, source_meta)
+    return active.info.run_id
+
+
+def log_checkpoint(ctx: Context, model: TaskModel, tokenizer, source_meta: dict) -> None:
+    cfg = ctx.cfg
+    meta = {
+        "base_model": cfg.base_model,
+        "task": cfg.task,
+        "mode": cfg.mode,
+        "frozen_layers": cfg.frozen_layers,
+        "source": source_meta,
+    }
+    save_checkpoint(model, tokenizer, ctx.folder / tracking.CHECKPOINT, meta)
+    tracking.log_artifact(ctx.folder / tracking.CHECKPOINT, tracking.CHECKPOINT)
+    if registers_source(cfg):
+        uri = tracking.register_checkpoint(ctx.run_id, cfg.task, source_tags(cfg))
+        tracking.set_tags({tracking.REGISTERED_AS: uri})
+
+
+def registers_source(cfg: TrainConfig) -> bool:
+    """Full fine-tuning from the pretrained model: the runs transfer starts from."""
+    return (
+        cfg.mode == "single"
+        and cfg.source_task == "base"
+        and cfg.frozen_layers == 0
+        and cfg.save_checkpoint
+    )
+
+
+def source_tags(cfg: TrainConfig) -> dict[str, str]:
+    """What identifies a registered source model (a version of `bertrep-<task>`)."""
+    return {
+        tracking.BASE_MODEL: cfg.base_model,
+        tracking.SEED: str(cfg.seed),
+        tracking.CONFIG_KEY: cfg.key(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
