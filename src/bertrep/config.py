@@ -131,6 +131,7 @@ class Runtime:
     mixed_precision: str = "auto"  # auto (bf16 on GPU, none on CPU) | no | bf16 | fp16
     experiment_name: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME or the active run's
     progress: bool = True
+    prefix_cache_gb: float = 4.0  # frozen-prefix outputs kept in memory (0: recompute)
 
 
 def _coerce(type_name: Any, value: Any) -> Any:

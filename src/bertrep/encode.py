@@ -35,6 +35,7 @@ class Encoded:
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray]
     labels: np.ndarray | list[np.ndarray]
+    key: str = ""  # identity of these exact examples (empty: unknown, never cached)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -46,8 +47,12 @@ class Encoded:
         labels = (
             [self.labels[i] for i in index] if isinstance(self.labels, list) else self.labels[index]
         )
+        key = ""
+        if self.key:
+            picked = hashlib.sha256(np.asarray(index, dtype=np.int64).tobytes()).hexdigest()
+            key = f"{self.key}[{picked[:16]}]"
         return Encoded(
-            [self.input_ids[i] for i in index], [self.token_type_ids[i] for i in index], labels
+            [self.input_ids[i] for i in index], [self.token_type_ids[i] for i in index], labels, key
         )
 
 
@@ -125,11 +130,13 @@ def encode_cached(
     if path.is_file():
         try:
             _MEMORY[path] = _read_encoded(path, spec.kind == "tagging")
+            _MEMORY[path].key = key
             return _MEMORY[path]
         except (OSError, pa.ArrowInvalid):
             path.unlink(missing_ok=True)  # a torn write from a killed run: redo it
     encoded = encode(spec, examples, tokenizer, max_length)
     _write_encoded(path, encoded)
+    encoded.key = key
     _MEMORY[path] = encoded
     return encoded
 
@@ -169,8 +176,14 @@ def _read_encoded(path: Path, tagging: bool) -> Encoded:
     return Encoded(_unragged(table["input_ids"]), _unragged(table["token_type_ids"]), labels)
 
 
-def collate(data: Encoded, index: np.ndarray | list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad the examples at `index` to the longest of them."""
+def collate(
+    data: Encoded,
+    index: np.ndarray | list[int],
+    pad_id: int,
+    prefix: list[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pad the examples at `index` to the longest of them. With `prefix` (one (len_i, h)
+    tensor of frozen-prefix outputs per example) the batch carries `prefix_states`."""
     width = max(len(data.input_ids[i]) for i in index)
     n = len(index)
     ids = np.full((n, width), pad_id, dtype=np.int64)
@@ -193,6 +206,10 @@ def collate(data: Encoded, index: np.ndarray | list[int], pad_id: int) -> dict[s
         batch["labels"] = torch.from_numpy(labels)
     else:
         batch["labels"] = torch.from_numpy(data.labels[np.asarray(index)])
+    if prefix is not None:
+        batch["prefix_states"] = torch.nn.utils.rnn.pad_sequence(
+            [prefix[i] for i in index], batch_first=True
+        )
     return batch
 
 

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
 
 from bertrep.tasks import TaskSpec, get_task
 
@@ -87,13 +88,38 @@ class TaskModel(nn.Module):
         cfg = self.encoder.config
         self.heads[task] = Head(get_task(task), cfg.hidden_size, cfg.hidden_dropout_prob)
 
-    def forward(self, task: str, input_ids, attention_mask, token_type_ids=None, **_):
-        out = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        )
-        sequence = out.last_hidden_state
-        pooled = out.pooler_output if out.pooler_output is not None else sequence[:, 0]
+    def forward(
+        self, task: str, input_ids, attention_mask, token_type_ids=None, prefix_states=None
+    ):
+        """Logits of `task`'s head. With `prefix_states` (b, t, h), the output of the frozen
+        prefix (block k), only blocks k+1..L run."""
+        if prefix_states is None:
+            out = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            sequence, pooled = out.last_hidden_state, out.pooler_output
+        else:
+            sequence = self.run_blocks(prefix_states, attention_mask, self.frozen_layers)
+            pooled = self.encoder.pooler(sequence) if self.encoder.pooler is not None else None
+        if pooled is None:
+            pooled = sequence[:, 0]
         return self.heads[task](sequence, pooled)
+
+    def run_blocks(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        start: int,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """Blocks start+1..stop (default: to the top) on hidden states (b, t, h) of layer
+        `start`; the mask is built the way the encoder builds it."""
+        mask = create_bidirectional_mask(
+            config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        for block in self.encoder.encoder.layer[start:stop]:
+            hidden = block(hidden, mask)
+        return hidden
 
     def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
         """(L + 1) tensors (b, t, h): the embedding output, then each block's output."""

@@ -50,6 +50,7 @@ from bertrep.encode import (
     tokenizer_digest,
 )
 from bertrep.model import TaskModel, load_model, loss_fn, predictions, save_checkpoint
+from bertrep.prefix import prefix_states
 from bertrep.probes import ProbeSet, build_probe_set, excluded_ids
 from bertrep.tasks import TaskSpec, chance_score, get_task, load_split, score
 
@@ -78,7 +79,7 @@ class Context:
     pad_id: int
     run_id: str
     folder: Path  # where artifacts are written before they are logged
-    progress: bool
+    runtime: Runtime
 
 
 def load_task_data(cfg: TrainConfig, task: str, tokenizer) -> TaskData:
@@ -99,11 +100,11 @@ def load_task_data(cfg: TrainConfig, task: str, tokenizer) -> TaskData:
     return TaskData(spec, train_data, eval_data, chance, train_source, eval_source)
 
 
-def make_loader(data: Encoded, batch_sampler, pad_id: int) -> DataLoader:
+def make_loader(data: Encoded, batch_sampler, pad_id: int, prefix=None) -> DataLoader:
     return DataLoader(
         range(len(data)),
         batch_sampler=batch_sampler,
-        collate_fn=lambda index: collate(data, index, pad_id),
+        collate_fn=lambda index: collate(data, index, pad_id, prefix),
     )
 
 
@@ -180,7 +181,15 @@ def optimise(
     loaders = []
     for i, task in enumerate(tasks):
         sampler = LengthGroupedBatches(task.train.lengths(), cfg.batch_size, cfg.seed + i)
-        loaders.append(endless(accelerator.prepare(make_loader(task.train, sampler, ctx.pad_id))))
+        frozen = prefix_states(
+            accelerator.unwrap_model(model),
+            task.train,
+            cfg.base_model,
+            ctx.pad_id,
+            ctx.runtime.prefix_cache_gb,
+        )
+        loader = make_loader(task.train, sampler, ctx.pad_id, frozen)
+        loaders.append(endless(accelerator.prepare(loader)))
     sizes = np.array([len(t.train) for t in tasks], dtype=float)
     weights = sizes / sizes.sum() if cfg.sampling == "proportional" else None
     pick = np.random.default_rng(cfg.seed).choice(len(tasks), size=steps, p=weights)
@@ -190,7 +199,7 @@ def optimise(
     seen, busy, diverged = 0, 0.0, ""
     loss_key = tracking.phase_metric(phase, "loss")
     bar = tqdm(range(1, steps + 1), desc=f"{phase} {'+'.join(t.spec.name for t in tasks)}",
-               disable=not ctx.progress)  # fmt: skip
+               disable=not ctx.runtime.progress)  # fmt: skip
     for step in bar:
         start = time.perf_counter()
         task = tasks[pick[step - 1]]
@@ -408,7 +417,7 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
                 tokenizer.pad_token_id,
                 active.info.run_id,
                 Path(tmp),
-                runtime.progress,
+                runtime,
             )
             ctx.metrics.log({tracking.BEST_SCORE: target.best}, 0)
             log_probe_tables(ctx, probes)
