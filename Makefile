@@ -49,3 +49,18 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Sweeps (src/bertrep/sweep.py): SPEC (default: sweeps/quick/<kind>.yaml) and OVERRIDES
+# as in README's "Sweeps"; RESUME=true
+# continues a killed sweep. `make sweep-smoke` checks the whole pipeline in a few minutes.
+SPEC ?=
+OVERRIDES ?=
+RESUME ?= false
+.PHONY: sweep-single sweep-aufc sweep-forgetting sweep-smoke
+sweep-single sweep-aufc sweep-forgetting: install
+	$(BIN)/mlflow run . -e $(subst -,_,$@) --env-manager local $(if $(SPEC),-P spec=$(SPEC)) \
+		-P overrides="$(OVERRIDES)" -P resume=$(RESUME)
+
+sweep-smoke: install
+	$(BIN)/mlflow run . -e sweep_aufc --env-manager local -P spec=sweeps/smoke/aufc.yaml \
+		-P overrides="$(OVERRIDES)"

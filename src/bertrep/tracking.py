@@ -304,7 +304,9 @@ def _wait_healthy(url: str, proc, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"mlflow server exited ({proc.returncode}): {log.read_text()[-2000:]}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
                 if reply.status == 200:
@@ -442,10 +444,14 @@ def end_sweep(store: str, parent_id: str, status: str) -> None:
         mlflow.set_tracking_uri(previous)
 
 
-def finished_keys(exp_id: str) -> set[str]:
-    """Config keys of the experiment's FINISHED training runs: trials to skip."""
+def finished_keys() -> set[str]:
+    """Config keys of the FINISHED training runs of every experiment: trials to skip (a
+    config key is a run's identity wherever it was logged)."""
     query = f"tags.`{KIND}` = 'train' and attributes.status = 'FINISHED'"
-    return {r.data.tags[CONFIG_KEY] for r in _search(exp_id, query) if CONFIG_KEY in r.data.tags}
+    runs = mlflow.search_runs(
+        filter_string=query, output_format="list", search_all_experiments=True
+    )
+    return {r.data.tags[CONFIG_KEY] for r in runs if CONFIG_KEY in r.data.tags}
 
 
 def ensure_registered_model(task: str) -> None:
@@ -474,12 +480,16 @@ def log_trial_stats(run_id: str, startup_s: float, index: int) -> None:
     )
 
 
-def log_sweep(parent_id: str, spec_yaml: str, trials: list[dict], counts: dict) -> None:
-    """The spec and the resolved trial list as artifacts of the parent, counts as metrics."""
+def log_sweep(parent_id: str, spec_yaml: str, trials: list[dict]) -> None:
+    """The spec (after overrides) and its trial list as artifacts of the parent run."""
     import json
 
     client = MlflowClient()
     client.log_text(parent_id, spec_yaml, SWEEP_SPEC_FILE)
     client.log_text(parent_id, json.dumps(trials, indent=1), SWEEP_TRIALS_FILE)
+
+
+def log_counts(parent_id: str, counts: dict[str, float]) -> None:
     now = int(time.time() * 1000)
-    client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in counts.items()])
+    metrics = [Metric(k, v, now, 0) for k, v in counts.items()]
+    MlflowClient().log_batch(parent_id, metrics=metrics)
