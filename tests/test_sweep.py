@@ -107,9 +107,9 @@ def store_env(tmp_path: Path, data_dir: Path) -> dict[str, str]:
     return env
 
 
-def sweep_cmd(tiny_model, extra: str = "", *args: str) -> list[str]:
+def sweep_cmd(tiny_model, extra: str = "", *args: str, spec: Path = SMOKE) -> list[str]:
     overrides = f"base_model={tiny_model}" + (f",{extra}" if extra else "")
-    return [sys.executable, "-m", "bertrep.sweep", "--spec", str(SMOKE), "--overrides",
+    return [sys.executable, "-m", "bertrep.sweep", "--spec", str(spec), "--overrides",
             overrides, *args]  # fmt: skip
 
 
@@ -172,6 +172,26 @@ def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(tiny_model, data_dir, tmp
     assert again.returncode == 0, again.stderr[-4000:]
     assert len(training_runs(env)) == 16
     assert not [r for r in runs(env) if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_forgetting_sweep_trains_its_source_then_both_modes(tiny_model, data_dir, tmp_path):
+    env = store_env(tmp_path, data_dir)
+    spec = REPO / "sweeps" / "smoke" / "forgetting.yaml"
+    cmd = sweep_cmd(tiny_model, "", "--kind", "forgetting", spec=spec)
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    finished = check_complete(env, 3)  # the SST-2 source, then sequential and shuffled
+    by_mode = {r.data.tags[tracking.MODE]: r for r in finished}
+    (version,) = MlflowClient().search_model_versions("name = 'bertrep-sst2'")
+    uri = f"models:/bertrep-sst2/{version.version}"
+    assert by_mode["single"].info.run_id == version.run_id
+    assert by_mode["sequential"].data.tags[tracking.BASE_MODEL] == uri  # starts from A
+    assert by_mode["shuffled"].data.params["reference_model"] == uri  # drift against A
+    for mode in ("sequential", "shuffled"):
+        run_id = by_mode[mode].info.run_id
+        drift = MlflowClient().get_metric_history(run_id, tracking.drift_metric("sst2", 2))
+        assert sorted(m.step for m in drift) == [0, 1, 2, 3, 4]  # fractions of 4 updates
 
 
 @pytest.mark.slow

@@ -242,12 +242,14 @@ def trials(spec: Spec) -> list[TrainConfig]:
 
 
 def needs_source(cfg: TrainConfig) -> bool:
-    """A trial that starts from a model tuned on source_task A while its base_model is
-    still the pretrained model: A's model is looked up (or trained) in the registry.
-    Shuffled training, and sequential training that runs its own A phase, start from
-    the pretrained model."""
+    """A trial that needs the model tuned on source_task A alone, looked up (or trained)
+    in the registry: transfer and sequential trials start from it (unless base_model
+    already names a model, or a sequential run trains its own A phase), shuffled trials
+    measure drift against it (unless reference_model names one)."""
     if cfg.source_task == "base" or cfg.base_model.startswith(("models:/", "runs:/")):
         return False
+    if cfg.mode == "shuffled":
+        return not cfg.reference_model
     return cfg.mode == "single" or (cfg.mode == "sequential" and cfg.source_steps == 0)
 
 
@@ -274,13 +276,16 @@ def sources(spec: Spec, targets: list[TrainConfig]) -> list[TrainConfig]:
 
 
 def resolve(spec: Spec, target: TrainConfig) -> TrainConfig:
-    """A transfer trial pointed at its source's registered version."""
+    """A trial pointed at its source's registered version (its start, or for shuffled
+    training its drift reference)."""
     if not needs_source(target):
         return target
     source = source_config(spec, target)
     uri = tracking.find_registered(source.task, {tracking.CONFIG_KEY: source.key()})
     if uri is None:
         raise SweepFailed(f"source {source.task} seed {source.seed} is not registered")
+    if target.mode == "shuffled":
+        return dataclasses.replace(target, reference_model=uri)
     return dataclasses.replace(target, base_model=uri)
 
 

@@ -193,10 +193,7 @@ def register_checkpoint(run_id: str, task: str, tags: dict) -> str:
     """Register the run's checkpoint as a new version of `bertrep-<task>`; its URI."""
     client = MlflowClient()
     name = registered_model_name(task)
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, tags={TASK: task})
+    ensure_registered_model(task)
     version = client.create_model_version(
         name,
         source=f"runs:/{run_id}/{CHECKPOINT}",
@@ -455,12 +452,17 @@ def finished_keys() -> set[str]:
 
 
 def ensure_registered_model(task: str) -> None:
-    """Create `bertrep-<task>` before parallel trials race to create it."""
+    """Create `bertrep-<task>` unless it exists; safe when parallel trials race to it."""
     client = MlflowClient()
+    name = registered_model_name(task)
     try:
-        client.get_registered_model(registered_model_name(task))
+        client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(registered_model_name(task), tags={TASK: task})
+        try:
+            client.create_registered_model(name, tags={TASK: task})
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
 
 def first_step_time(run_id: str) -> float:
