@@ -1,4 +1,4 @@
-# bertrep: `make install demo` on a fresh machine, `make test` for the tests.
+# bertrep: `make install sweep-aufc` on a fresh machine, `make test` for the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -40,29 +40,33 @@ def direct(model, data, tok, layer: int) -> list[torch.Tensor]:
 def test_states_equal_the_running_prefix_and_deeper_k_builds_on_shallower(setup):
     model, tok, data = setup
     model.freeze(1)
-    one = prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0)
+    one = prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0, uses=100)
     for got, want in zip(one, direct(model, data, tok, 1), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     model.freeze(2)
-    two = prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0)
+    two = prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0, uses=100)
     for got, want in zip(two, direct(model, data, tok, 2), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0) is two
+    assert prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0, uses=100) is two
 
 
 def test_nothing_cached_without_frozen_layers_identity_or_room(setup):
     model, tok, data = setup
-    assert prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0) is None
+    assert prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0, uses=100) is None
     model.freeze(1)
-    assert prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1e-9) is None
+    assert (
+        prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1e-9, uses=100) is None
+    )
+    # fewer examples read than there are to precompute: not worth it
+    assert prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0, uses=19) is None
     data.key = ""
-    assert prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0) is None
+    assert prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0, uses=100) is None
 
 
 def test_forward_from_the_prefix_matches_the_full_forward(setup):
     model, tok, data = setup
     model.freeze(1)
-    states = prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0)
+    states = prefix.prefix_states(model, data, "tiny", tok.pad_token_id, max_gb=1.0, uses=100)
     model.eval()
     batch = collate(data, [0, 5, 9], tok.pad_token_id, states)
     batch.pop("labels")

@@ -25,17 +25,27 @@ def nbytes(data: Encoded, width: int) -> int:
 
 @torch.no_grad()
 def prefix_states(
-    model, data: Encoded, base_model: str, pad_id: int, max_gb: float, batch_size: int = 64
+    model,
+    data: Encoded,
+    base_model: str,
+    pad_id: int,
+    max_gb: float,
+    uses: int,
+    batch_size: int = 64,
 ) -> list[torch.Tensor] | None:
     """Layer-k outputs of every example of `data` (k = model.frozen_layers), or None when
-    nothing is frozen, the data has no identity, or the states would exceed `max_gb`."""
+    nothing is frozen, the data has no identity, the states would exceed `max_gb`, or the
+    run reads fewer examples (`uses`: steps x batch size) than computing them costs."""
     k = model.frozen_layers
     width = model.encoder.config.hidden_size
     if k == 0 or not data.key or nbytes(data, width) > max_gb * 2**30:
         return None
-    entry = _CACHE.setdefault((base_model, data.key), {})
+    entry = _CACHE.get((base_model, data.key), {})
     if k in entry:
         return entry[k]
+    if uses < len(data):  # less than an epoch: running the prefix per batch is cheaper
+        return None
+    entry = _CACHE.setdefault((base_model, data.key), entry)
     if _cached_bytes() + nbytes(data, width) > max_gb * 2**30:
         # Over budget: keep only this training set's entry (a sweep worker moves on to
         # other data and base models; what it had is cheap to recompute once).

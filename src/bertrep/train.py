@@ -187,6 +187,7 @@ def optimise(
             cfg.base_model,
             ctx.pad_id,
             ctx.runtime.prefix_cache_gb,
+            uses=steps * cfg.batch_size,
         )
         loader = make_loader(task.train, sampler, ctx.pad_id, frozen)
         loaders.append(endless(accelerator.prepare(loader)))
