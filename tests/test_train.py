@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -192,3 +193,30 @@ def test_mlflow_run_of_the_project(tiny_model, data_dir, tmp_path):
     assert r.info.status == "FINISHED"
     assert r.data.tags[tracking.FROZEN_LAYERS] == "2"
     assert "activations/pos/step_3.parquet" in artifacts(r.info.run_id)
+
+
+def test_terminated_run_ends_killed(tiny_model, data_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "bertrep.train", "--task", "sst2", "--base_model",
+           str(tiny_model), "--data_dir", str(data_dir), "--max_steps", "100000",
+           "--max_train_examples", "64", "--progress", "false"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+            except Exception:  # the store is still being created by the child
+                runs = []
+            if runs and runs[0].data.params.get("task") == "sst2":
+                time.sleep(3)  # into the training loop
+                break
+            time.sleep(0.5)
+        proc.terminate()
+        assert proc.wait(timeout=60) != 0
+    finally:
+        proc.kill()
+    (r,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert r.info.status == "KILLED"

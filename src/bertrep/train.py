@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -485,7 +486,13 @@ def source_tags(cfg: TrainConfig) -> dict[str, str]:
     }
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    # A terminated run (kill, a scheduler's SIGTERM) ends KILLED, not left RUNNING.
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
