@@ -27,7 +27,7 @@ FULL_SPLITS = {
 def test_real_splits_have_official_sizes(data_dir, task, split):
     examples, source = load_split(get_task(task), split, data_dir=data_dir)
     assert len(examples) == FULL_SPLITS[task, split]
-    assert source.startswith(str(data_dir))
+    assert source.startswith(str(data_dir.resolve()))
 
 
 def test_real_stsb_scores_and_pos_tags(data_dir):
