@@ -195,6 +195,22 @@ def test_forgetting_sweep_trains_its_source_then_both_modes(tiny_model, data_dir
 
 
 @pytest.mark.slow
+def test_single_sweep_keeps_its_deliberately_failed_run(tiny_model, data_dir, tmp_path):
+    env = store_env(tmp_path, data_dir)
+    spec = REPO / "sweeps" / "smoke" / "single.yaml"
+    cmd = sweep_cmd(tiny_model, "", "--kind", "single", spec=spec)
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    finished = check_complete(env, 3)
+    failed = [r for r in finished if float(r.data.params["lr"]) >= 1e3]
+    (bad,) = failed
+    assert bad.data.tags[tracking.DIVERGED] == "true" and bad.data.tags[tracking.DIVERGED_REASON]
+    # the sweep's server stored artifacts beside the store (mlflow-artifacts:/ URIs)
+    files = list(tmp_path.glob(f"**/{bad.info.run_id}/artifacts/activations/sst2/*.parquet"))
+    assert files, "a diverged run keeps its activations"
+
+
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path):
     env = store_env(tmp_path, data_dir)
     proc = subprocess.Popen(sweep_cmd(tiny_model), env=env, cwd=tmp_path,
