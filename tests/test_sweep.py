@@ -174,13 +174,19 @@ def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(tiny_model, data_dir, tmp
     assert not [r for r in runs(env) if r.info.status == "RUNNING"]
 
 
-@pytest.mark.slow
-def test_forgetting_sweep_trains_its_source_then_both_modes(tiny_model, data_dir, tmp_path):
+def run_smoke_spec(kind: str, tiny_model, data_dir, tmp_path) -> dict[str, str]:
+    """Run sweeps/smoke/<kind>.yaml from the tiny model into a fresh store; its env."""
     env = store_env(tmp_path, data_dir)
-    spec = REPO / "sweeps" / "smoke" / "forgetting.yaml"
-    cmd = sweep_cmd(tiny_model, "", "--kind", "forgetting", spec=spec)
+    spec = REPO / "sweeps" / "smoke" / f"{kind}.yaml"
+    cmd = sweep_cmd(tiny_model, "", "--kind", kind, spec=spec)
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
+    return env
+
+
+@pytest.mark.slow
+def test_forgetting_sweep_trains_its_source_then_both_modes(tiny_model, data_dir, tmp_path):
+    env = run_smoke_spec("forgetting", tiny_model, data_dir, tmp_path)
     finished = check_complete(env, 3)  # the SST-2 source, then sequential and shuffled
     by_mode = {r.data.tags[tracking.MODE]: r for r in finished}
     (version,) = MlflowClient().search_model_versions("name = 'bertrep-sst2'")
@@ -196,11 +202,7 @@ def test_forgetting_sweep_trains_its_source_then_both_modes(tiny_model, data_dir
 
 @pytest.mark.slow
 def test_single_sweep_keeps_its_deliberately_failed_run(tiny_model, data_dir, tmp_path):
-    env = store_env(tmp_path, data_dir)
-    spec = REPO / "sweeps" / "smoke" / "single.yaml"
-    cmd = sweep_cmd(tiny_model, "", "--kind", "single", spec=spec)
-    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
+    env = run_smoke_spec("single", tiny_model, data_dir, tmp_path)
     finished = check_complete(env, 3)
     failed = [r for r in finished if float(r.data.params["lr"]) >= 1e3]
     (bad,) = failed
