@@ -4,6 +4,9 @@ streaming = in-memory, numpy = torch, and the input guards.
     pytest tests/test_cka.py
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,7 @@ from bertrep.cka import (
     RBF_MAX_N,
     StreamingCKA,
     cka_profile,
+    cka_profiles,
     linear_cka,
     profile_flops,
     rbf_cka,
@@ -132,6 +136,17 @@ def test_routes_agree_on_stacked_input(rng, debiased):
     feature = cka_profile(xs, ys, debiased=debiased, route="feature")
     np.testing.assert_allclose(gram, feature, atol=1e-10)
     assert gram.shape == (4, 2)
+
+
+def test_streaming_module_imports_alone_and_is_reexported():
+    """bertrep.cka_streaming imports first without a cycle; numpy use never imports torch."""
+    code = (
+        "import sys; import bertrep.cka_streaming as s; import bertrep.cka as c; "
+        "import numpy as np; x = np.random.default_rng(0).standard_normal((9, 3)); "
+        "assert c.StreamingCKA is s.StreamingCKA; c.cka_profile([x], [x]); "
+        "assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_gram_route_tiles_match_one_tile(rng, monkeypatch):
@@ -337,3 +352,18 @@ def test_bad_arguments(rng):
     stream.update([x], [x])
     with pytest.raises(ValueError, match=r"widths \[2\]"):
         stream.update([x[:, :2]], [x])
+
+
+@pytest.mark.parametrize("route", ["gram", "feature"])
+def test_both_estimators_from_one_pass_equal_separate_calls(route):
+    rng = np.random.default_rng(11)
+    xs = rng.standard_normal((3, 60, 8))
+    ys = rng.standard_normal((2, 60, 5)) + xs[:2, :, :5]
+    both = cka_profiles(xs, ys, route=route)
+    for name, debiased in (("biased", False), ("debiased", True)):
+        np.testing.assert_allclose(
+            both[name], cka_profile(xs, ys, debiased=debiased, route=route), rtol=0, atol=1e-15
+        )
+    assert not np.allclose(both["biased"], both["debiased"])
+    with pytest.raises(ValueError, match="estimators must be among"):
+        cka_profiles(xs, ys, ("unbiased",))
