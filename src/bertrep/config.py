@@ -3,6 +3,11 @@
 A `TrainConfig` field is also the CLI flag (`--frozen_layers`), the MLproject
 parameter, the MLflow param and the sweep key. Every default is here.
 Runtime flags (precision, where to log) are kept apart in `Runtime`.
+
+    python -m bertrep.train --task pos --frozen_layers 3 --save_checkpoint false
+
+A run's identity (`TrainConfig.key`) is what it is, not where its files lie: the data
+it reads and a local `base_model` folder count by content, so either may move.
 """
 
 from __future__ import annotations
@@ -12,21 +17,31 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
-MODES = ("single", "sequential", "shuffled")
+from bertrep import tasks
+
+MODES = ("single", "sequential", "shuffled", "extract")
+TWO_TASK_MODES = ("sequential", "shuffled")  # A = source_task, then or mixed with B = task
+MINILM = "minilm"  # the shipped all-MiniLM-L6-v2, a name and never a folder
+# What of a local base_model folder makes the model: config, heads, tokenizer, weights.
+MODEL_FILES = ("config.json", "bertrep.json", "vocab.txt", "tokenizer.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # what to train
     task: str = "sst2"  # sst2 | stsb | mnli | rte | pos
-    base_model: str = "minilm"  # hub id, local folder, `minilm`, or models:/ runs:/ URI
+    base_model: str = MINILM  # hub id, local folder, `minilm`, or models:/ runs:/ URI
     source_task: str = "base"  # the task base_model was fine-tuned on ("base": pretrained)
     frozen_layers: int = 0  # k: embeddings and blocks 1..k frozen (0: nothing frozen)
     seed: int = 0
     # two-task training (forgetting): A = source_task, B = task
-    mode: str = "single"  # single | sequential (A, then B) | shuffled (A and B mixed)
+    # single | sequential (A, then B) | shuffled (A and B mixed) | extract (no training:
+    # base_model's activations on the probe sets, e.g. the pretrained model's)
+    mode: str = "single"
     source_steps: int = 0  # sequential: updates on A first, unless base_model has A's head
     checkpoints: str = "0,0.1,0.3,0.5,0.7,1.0"  # fractions of the B phase scored and probed
     sampling: str = "proportional"  # shuffled: draw A or B uniform | proportional to size
@@ -46,7 +61,7 @@ class TrainConfig:
     data_files: str = ""  # other file names per split, "train=a.tsv,validation=b.tsv"
     # evaluation and probing
     eval_every: int = 0  # steps between evaluations; 0: only at the end
-    diverge_margin: float = 0.02  # final score within this of chance: tagged diverged
+    diverge_margin: float = 0.02  # final score within this of chance: diverged (0: never)
     best_score: float = 0.0  # best_B for normalization; 0: looked up in MLflow
     probe_tasks: str = ""  # comma-separated tasks to extract activations on; empty: task
     probe_tokens: int = 5000  # N tokens per probe set
@@ -54,20 +69,19 @@ class TrainConfig:
     save_checkpoint: bool = True
 
     def __post_init__(self) -> None:
-        from bertrep.tasks import TASKS
-
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
-        if self.mode != "single" and self.source_task in ("base", self.task):
+        if self.mode in TWO_TASK_MODES and self.source_task in ("base", self.task):
             raise ValueError(
                 f"mode={self.mode} needs source_task (A) to be a task other than "
                 f"task={self.task}, not {self.source_task!r}"
             )
-        if self.source_task != "base" and self.source_task not in TASKS:
+        if self.source_task != "base" and self.source_task not in tasks.TASKS:
             raise ValueError(f"unknown source_task {self.source_task!r}: a task or 'base'")
         for name in [self.task, *self.probe_task_list]:
-            if name not in TASKS:
-                raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+            if name not in tasks.TASKS:
+                known = ", ".join(tasks.TASKS)
+                raise ValueError(f"unknown task {name!r}; known tasks: {known}")
         checks = {
             "frozen_layers": self.frozen_layers >= 0,
             "lr": self.lr > 0,
@@ -79,6 +93,7 @@ class TrainConfig:
             "max_train_examples": self.max_train_examples >= 0,
             "max_eval_examples": self.max_eval_examples >= 0,
             "eval_every": self.eval_every >= 0,
+            "diverge_margin": self.diverge_margin >= 0,
         }
         checks["sampling"] = self.sampling in ("uniform", "proportional")
         checks["source_steps"] = self.source_steps >= 0
@@ -101,7 +116,7 @@ class TrainConfig:
     def probe_task_list(self) -> list[str]:
         """The probe tasks: as given, else the run's task (and A's in two-task modes)."""
         tasks = [t.strip() for t in self.probe_tasks.split(",") if t.strip()]
-        if self.mode != "single":
+        if self.mode in TWO_TASK_MODES:
             tasks = [t for t in (self.source_task, self.task) if t not in tasks] + tasks
         return tasks or [self.task]
 
@@ -109,9 +124,51 @@ class TrainConfig:
         """Flat string params, as MLflow stores them."""
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 
+    @property
+    def registers_source(self) -> bool:
+        """Full fine-tuning from the pretrained model, checkpoint kept: the runs transfer
+        starts from, registered as versions of `bertrep-<task>`."""
+        return (
+            self.mode == "single"
+            and self.source_task == "base"
+            and self.frozen_layers == 0
+            and self.save_checkpoint
+        )
+
+    def source_fields(self) -> dict[str, Any]:
+        """The fields that make a config this run's source: full fine-tuning on its
+        source task (A) from the pretrained `base_model`, with its seed. Any config with
+        these fields `registers_source`."""
+        return {
+            "mode": "single",
+            "task": self.source_task,
+            "seed": self.seed,
+            "source_task": "base",
+            "frozen_layers": 0,
+            "base_model": self.base_model,
+            "save_checkpoint": True,
+        }
+
+    def data_reads(self) -> list[tuple[str, str, str]]:
+        """(task, split, data_files) of every split the run reads: train and eval of its
+        task (and of A in two-task modes), the eval split of each probe task; data_files
+        applies to the run's own task only."""
+        trained = {"single": [self.task], "extract": []}.get(
+            self.mode, [self.source_task, self.task]
+        )
+        splits = {(t, s) for t in trained for s in ("train", tasks.TASKS[t].eval_split)}
+        splits |= {(t, tasks.TASKS[t].eval_split) for t in self.probe_task_list}
+        return sorted((t, s, self.data_files if t == self.task else "") for t, s in splits)
+
     def key(self) -> str:
-        """Digest of the resolved config: the identity of a run for resume and skip."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Digest of the resolved config: the identity of a run for resume and skip.
+        The data (data_dir, data_files) counts by the content of the files read, a local
+        base_model folder by its model files' content: moving either keeps the key."""
+        values = dataclasses.asdict(self)
+        del values["data_dir"], values["data_files"]
+        values["data"] = tasks.data_digest(self.data_reads(), self.data_dir)
+        values["base_model"] = model_identity(self.base_model)
+        blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
@@ -134,14 +191,36 @@ class Runtime:
     prefix_cache_gb: float = 4.0  # frozen-prefix outputs kept in memory (0: recompute)
 
 
+def model_identity(base_model: str) -> str:
+    """base_model as part of a run's identity: a local folder by the content of its model
+    files (see MODEL_FILES), so it may move; `minilm`, a hub id or a URI as written."""
+    folder = Path(base_model).expanduser()
+    if base_model == MINILM or ":/" in base_model or not folder.is_dir():
+        return base_model
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.name in MODEL_FILES or p.suffix in WEIGHT_SUFFIXES)
+    )
+    if not files:
+        return str(folder.resolve())  # no model in it: loading will say so
+    lines = "".join(f"{p.name}={tasks.file_digest(p)}\n" for p in files)
+    return f"sha256:{hashlib.sha256(lines.encode()).hexdigest()}"
+
+
+def parse_bool(value: Any) -> bool:
+    """true/false, 1/0, yes/no (any case) or a bool; anything else is an error, not False."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{value!r} is not a boolean")
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
+
+
 def _coerce(type_name: Any, value: Any) -> Any:
     kind = type_name if isinstance(type_name, str) else type_name.__name__
     if kind == "bool":
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{value!r} is not a boolean")
-            return value.lower() in ("true", "1", "yes")
-        return bool(value)
+        return parse_bool(value)
     if kind == "int" and isinstance(value, str):
         number = float(value)  # MLflow may hand over "60.0" for an int parameter
         if not number.is_integer():

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import torch
 
+from bertrep import env
 from bertrep.tasks import Example, TaskSpec
 
 IGNORE = -100
-CACHE_ENV = "BERTREP_CACHE_DIR"
 _CACHE_VERSION = 1
 _MEMORY: dict[Path, Encoded] = {}  # this process's tokenized splits (never mutated)
 
@@ -101,7 +101,7 @@ def encode(spec: TaskSpec, examples: list[Example], tokenizer, max_length: int) 
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "bertrep")) / "tokenized"
+    return env.cache_root() / "tokenized"
 
 
 def encode_cached(

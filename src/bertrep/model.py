@@ -24,9 +24,10 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
+from bertrep import tracking
+from bertrep.config import MINILM
 from bertrep.tasks import TaskSpec, get_task
 
-MINILM = "minilm"
 HEADS_FILE = "heads.safetensors"
 META_FILE = "bertrep.json"
 
@@ -42,9 +43,7 @@ def resolve_model_path(base_model: str) -> str:
     """A local folder or hub id for `base_model` (hub id, folder, `minilm`, MLflow URI)."""
     if base_model == MINILM:
         return str(minilm_path())
-    if base_model.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        from bertrep import tracking
-
+    if base_model.startswith((*tracking.MODEL_URIS, tracking.ARTIFACTS_URI)):
         return tracking.download_model(base_model)
     if os.path.isdir(base_model):
         return str(Path(base_model).resolve())

@@ -1,27 +1,62 @@
 """Everything MLflow: the only module that spells a param, tag, metric key, artifact
-path or registered-model name, and that knows how to find runs again.
+path, registered-model name or URI scheme, and that knows how to find runs again.
+
+    mlflow ui --backend-store-uri sqlite:///mlflow.db    # what these names look like
 
 Where runs go is MLflow's own choice: $MLFLOW_TRACKING_URI, else MLflow's default
-store (`sqlite:///mlflow.db` in the working folder). `mlflow run` sets the run.
+store (`sqlite:///mlflow.db` in the working folder). `mlflow run` sets the run. MLflow
+itself is imported on first use, so configs and sweep specs use these names without
+loading it. The local tracking server a sweep starts is `bertrep.server`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import mlflow
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
+from bertrep import env
+
+
+class _OnFirstUse:
+    """A module imported when an attribute of it is first used."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+# Importing MLflow takes seconds; configs and sweep specs use the names below without it.
+mlflow = _OnFirstUse("mlflow")
 
 DEFAULT_EXPERIMENT = "bertrep"
 
+# URI schemes
+MODELS_URI = "models:/"  # models:/<name>/<version>, models:/<name>@<alias>
+RUNS_URI = "runs:/"  # runs:/<run id>/<artifact path>
+MODEL_URIS = (MODELS_URI, RUNS_URI)  # what base_model and reference_model may name
+ARTIFACTS_URI = "mlflow-artifacts:/"  # artifacts proxied by a tracking server
+HTTP_URI = "http://"
+SERVER_URIS = (HTTP_URI, "https://")  # a tracking server (one writer)
+SQLITE_URI = "sqlite:///"
+FILE_URI = "file://"
+
+# MLflow's own tags
+PARENT_RUN = "mlflow.parentRunId"  # the UI nests a child under it
+RUN_NAME = "mlflow.runName"
+
 # tags
+KIND = "bertrep.kind"
+TRAIN_KIND = "train"  # the KIND of a training run
+SWEEP_KIND = "sweep"  # the KIND of a sweep's parent run
 TASK = "task"
 BASE_MODEL = "base_model"
 SOURCE_TASK = "source_task"
@@ -30,19 +65,22 @@ SEED = "seed"
 CONFIG_KEY = "config_key"
 DIVERGED = "diverged"
 DIVERGED_REASON = "diverged_reason"
-KIND = "bertrep.kind"  # "train" for a training run
 TRAIN_FILE = "train_file"
 EVAL_FILE = "eval_file"
 NUM_LAYERS = "num_layers"
 REGISTERED_AS = "registered_as"
 MODE = "mode"
-BEST_SOURCE = "best_source"
+BEST_ORIGIN = "best_origin"  # where best_B came from (the experiment, best_score, none)
+BEST_SOURCE = BEST_ORIGIN  # the old name of the constant, until its users move
+RUN_ID = "run_id"  # on a registered model version: the run it came from
 
 # metrics
+TRAIN_PHASE = "train"
+A_PHASE = "train_a"  # the A phase of a sequential run
 
 
 def phase_metric(phase: str, name: str) -> str:
-    """Training metrics of a phase: train/loss, or source/loss for the A phase of a
+    """Training metrics of a phase: train/loss, or train_a/loss for the A phase of a
     sequential run."""
     return f"{phase}/{name}"
 
@@ -55,12 +93,12 @@ def eval_metric(name: str, task: str | None = None) -> str:
 
 def drift_metric(probe_task: str, layer: int) -> str:
     """CKA of hidden state `layer` against the model fine-tuned on A alone."""
-    return f"cka/{probe_task}/layer_{layer}"
+    return f"drift/{probe_task}/layer_{layer}"
 
 
-LOSS = phase_metric("train", "loss")
-LR = phase_metric("train", "lr")
-THROUGHPUT = phase_metric("train", "examples_per_s")
+LOSS = phase_metric(TRAIN_PHASE, "loss")
+LR = phase_metric(TRAIN_PHASE, "lr")
+THROUGHPUT = phase_metric(TRAIN_PHASE, "examples_per_s")
 CHANCE = eval_metric("chance")
 NORM_SCORE = eval_metric("norm_score")
 BEST_SCORE = "eval/best"
@@ -84,6 +122,58 @@ def activations_file(step: int) -> str:
     return f"step_{step}.parquet"
 
 
+def activations_step(path: str) -> int:
+    """The step of an activation table's artifact path (.../step_<step>.parquet)."""
+    return int(Path(path).stem.removeprefix("step_"))
+
+
+PROBE_TAG = "probe."  # probe.<task>: the digest of the run's probe set of that task
+EXTRACT_MODE = "extract"  # the mode of a run that only reads a model out on probe sets
+BASE_SOURCE = "base"  # the source_task of a run from the pretrained model
+
+
+def probe_tag(task: str) -> str:
+    return f"{PROBE_TAG}{task}"
+
+
+def probe_digests(tags: dict[str, str]) -> dict[str, str]:
+    """{probe task: digest} from a run's tags."""
+    return {k[len(PROBE_TAG) :]: v for k, v in tags.items() if k.startswith(PROBE_TAG)}
+
+
+def registered_model_name(task: str) -> str:
+    return f"bertrep-{task}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """models:/<name>/<version> -> (name, version)."""
+    name, _, version = uri.removeprefix(MODELS_URI).partition("/")
+    if not uri.startswith(MODELS_URI) or not name or not version.isdigit():
+        raise ValueError(f"{uri!r} is not a models:/<name>/<version> URI")
+    return name, version
+
+
+def is_model_uri(value: str) -> bool:
+    """A models:/ or runs:/ URI: a model to download from MLflow, not a folder or hub id."""
+    return value.startswith(MODEL_URIS)
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(SERVER_URIS)
+
+
+def _client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient()
+
+
+def _metrics(values: dict[str, float], step: int = 0) -> list:
+    now = int(time.time() * 1000)
+    return [mlflow.entities.Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+# --- a training run ---
+
+
 @contextmanager
 def start_run(
     experiment_name: str = "", run_name: str | None = None, tags: dict | None = None
@@ -92,9 +182,11 @@ def start_run(
     on Ctrl-C KILLED, never left RUNNING."""
     if experiment_name:
         mlflow.set_experiment(experiment_name)
-    elif not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    elif not any(
+        os.environ.get(k)
+        for k in (env.MLFLOW_RUN_ID, env.MLFLOW_EXPERIMENT_NAME, env.MLFLOW_EXPERIMENT_ID)
+    ):
+        mlflow.set_experiment(DEFAULT_EXPERIMENT)
     run = mlflow.start_run(run_name=run_name, tags=tags)
     try:
         yield run
@@ -111,7 +203,7 @@ def log_config(params: dict[str, str]) -> None:
     """Log the resolved config: params (those `mlflow run` has not logged already, in
     the user's spelling) and the exact values as `config.json`."""
     run = mlflow.active_run()
-    existing = MlflowClient().get_run(run.info.run_id).data.params
+    existing = _client().get_run(run.info.run_id).data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
     mlflow.log_dict(params, CONFIG_FILE)
 
@@ -124,19 +216,16 @@ class MetricLogger:
     """Buffers metrics and sends them in batches (one request per `every` points)."""
 
     def __init__(self, run_id: str, every: int = 200) -> None:
-        self.client = MlflowClient()
+        self.client = _client()
         self.run_id = run_id
         self.every = every
-        self.buffer: list[Metric] = []
+        self.buffer: list = []
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        for key, value in metrics.items():
-            value = float(value)
-            # MLflow stores NaN but not inf; a diverged loss is still worth seeing.
-            if math.isinf(value):
-                value = math.copysign(1e308, value)
-            self.buffer.append(Metric(key, value, now, step))
+        values = {k: float(v) for k, v in metrics.items()}
+        # MLflow stores NaN but not inf; a diverged loss is still worth seeing.
+        values = {k: math.copysign(1e308, v) if math.isinf(v) else v for k, v in values.items()}
+        self.buffer += _metrics(values, step)
         if len(self.buffer) >= self.every:
             self.flush()
 
@@ -158,7 +247,8 @@ def reference_best(task: str, base_model: str) -> tuple[float, int]:
     """best_B: mean final score of full fine-tuning (k = 0) of `task` from the pretrained
     `base_model` over the finished, non-diverged runs of the active experiment.
     Returns (mean, number of runs); (nan, 0) when there are none."""
-    experiment = mlflow.get_experiment_by_name(_experiment_name()) if _experiment_name() else None
+    name = _experiment_name()
+    experiment = mlflow.get_experiment_by_name(name) if name else None
     ids = [experiment.experiment_id] if experiment else None
     query = (
         f"tags.{TASK} = '{task}' and tags.{FROZEN_LAYERS} = '0' and tags.{MODE} = 'single' "
@@ -182,25 +272,37 @@ def _experiment_name() -> str:
     run = mlflow.active_run()
     if run is not None:
         return mlflow.get_experiment(run.info.experiment_id).name
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "")
+    return os.environ.get(env.MLFLOW_EXPERIMENT_NAME, "")
 
 
-def registered_model_name(task: str) -> str:
-    return f"bertrep-{task}"
+# --- the model registry: source models ---
+
+
+def ensure_registered_model(task: str) -> None:
+    """Create `bertrep-<task>` unless it exists; safe when parallel trials race to it."""
+    client = _client()
+    name = registered_model_name(task)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        try:
+            client.create_registered_model(name, tags={TASK: task})
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
 
 def register_checkpoint(run_id: str, task: str, tags: dict) -> str:
     """Register the run's checkpoint as a new version of `bertrep-<task>`; its URI."""
-    client = MlflowClient()
     name = registered_model_name(task)
     ensure_registered_model(task)
-    version = client.create_model_version(
+    version = _client().create_model_version(
         name,
-        source=f"runs:/{run_id}/{CHECKPOINT}",
+        source=f"{RUNS_URI}{run_id}/{CHECKPOINT}",
         run_id=run_id,
-        tags={k: str(v) for k, v in tags.items()} | {"run_id": run_id},
+        tags={k: str(v) for k, v in tags.items()} | {RUN_ID: run_id},
     )
-    return f"models:/{name}/{version.version}"
+    return f"{MODELS_URI}{name}/{version.version}"
 
 
 def find_registered(task: str, tags: dict) -> str | None:
@@ -209,30 +311,35 @@ def find_registered(task: str, tags: dict) -> str | None:
     query = f"name = '{registered_model_name(task)}'" + "".join(
         f" and tags.{k} = '{v}'" for k, v in tags.items()
     )
-    versions = MlflowClient().search_model_versions(query)
+    versions = _client().search_model_versions(query)
     if not versions:
         return None
     newest = max(versions, key=lambda v: int(v.version))
-    return f"models:/{newest.name}/{newest.version}"
+    return f"{MODELS_URI}{newest.name}/{newest.version}"
+
+
+def find_source(task: str, config_key: str) -> str | None:
+    """The model tuned on `task` alone: the newest registered version of `bertrep-<task>`
+    tagged with the source run's config key (TrainConfig.key()), as a models:/ URI."""
+    return find_registered(task, {CONFIG_KEY: config_key})
 
 
 def download_model(uri: str) -> str:
     """A local folder holding the checkpoint at an MLflow URI (models:/name/version,
     models:/name@alias, runs:/id/checkpoint). Downloads are cached by resolved source."""
     source = uri
-    if uri.startswith("models:/"):
-        name, _, ref = uri[len("models:/") :].partition("/")
+    if uri.startswith(MODELS_URI):
+        name, _, ref = uri[len(MODELS_URI) :].partition("/")
         if "@" in name:
             name, alias = name.split("@", 1)
-            version = MlflowClient().get_model_version_by_alias(name, alias)
+            version = _client().get_model_version_by_alias(name, alias)
         elif ref:
-            version = MlflowClient().get_model_version(name, ref)
+            version = _client().get_model_version(name, ref)
         else:
             raise ValueError(f"model URI {uri} names no version: use models:/NAME/VERSION")
         source = version.source
     key = hashlib.sha256(f"{mlflow.get_tracking_uri()}|{source}".encode()).hexdigest()[:20]
-    root = Path(os.environ.get("BERTREP_CACHE_DIR", Path.home() / ".cache" / "bertrep"))
-    target = root / "models" / key
+    target = env.cache_root() / "models" / key
     done = target / ".complete"
     if not done.exists():
         target.mkdir(parents=True, exist_ok=True)
@@ -242,10 +349,8 @@ def download_model(uri: str) -> str:
     return (target / ".path").read_text()
 
 
-# --- sweeps: parent runs, trial children, resume, the local tracking server ---
+# --- sweeps: parent runs, trial children, resume ---
 
-PARENT_RUN = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a child under it
-SWEEP_KIND = "sweep"  # the KIND tag of a sweep's parent run
 SWEEP_NAME = "sweep.name"
 SWEEP_DIGEST = "sweep.digest"  # digest of the spec after overrides: the identity for --resume
 SWEEP_SPEC = "sweep.spec"  # the spec after overrides, as YAML
@@ -259,239 +364,39 @@ SWEEP_SKIPPED = "sweep/skipped"  # trials whose config key already had a FINISHE
 SWEEP_FAILED = "sweep/failed"
 SWEEP_SPEC_FILE = "sweep/spec.yaml"
 SWEEP_TRIALS_FILE = "sweep/trials.json"
-
-SERVER_START_TIMEOUT_S = 120.0
-SERVER_ARTIFACTS = "mlartifacts"  # beside the store, as `mlflow server` names it
-
-
-def is_server_uri(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
+SWEEP_KIND_TAG = "sweep.kind"  # single | aufc | forgetting
+SWEEP_RUNS_FILE = "sweep/runs.json"  # config key -> FINISHED run of every trial and source
 
 
-def store_uri() -> str:
-    """The store runs go to: $MLFLOW_TRACKING_URI, else MLflow's default, local paths
-    absolute (trials run in other working folders)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
-    if "://" not in uri:
-        return Path(uri).resolve().as_uri()
-    return uri
+# --- the analysis stage ---
+
+ANALYSIS_KIND = "analysis"  # the KIND of an analysis run
+ANALYSIS_NAME = "analysis.name"
+ANALYSIS_SWEEPS = "analysis.sweeps"  # kind=parent run id,... of the sweeps it read
+TABLES_DIR = "tables"  # tables/<name>.parquet
+FIGURES_DIR = "figures"  # figures/<name>.png and .pdf
+ANALYSIS_SUMMARY = "analysis/summary.md"
+ANALYSIS_SPEC = "analysis/spec.yaml"
+ANALYSIS_DOWNLOADS = "analysis/downloads"  # activation tables fetched from the store
+ANALYSIS_CACHE_HITS = "analysis/cache_hits"  # ... and found in the local cache
+ANALYSIS_MISSING = "analysis/missing"  # missing inputs listed in the summary
+ANALYSIS_FIGURES = "analysis/figures"  # figure files drawn
+ANALYSIS_SECONDS = "analysis/seconds"
 
 
-def _artifacts_beside(store: str) -> Path:
-    if store.startswith("sqlite:///"):
-        return Path(store[len("sqlite:///") :]).parent / SERVER_ARTIFACTS
-    if store.startswith("file://"):
-        return Path(store[len("file://") :]).parent / SERVER_ARTIFACTS
-    return Path.cwd().resolve() / SERVER_ARTIFACTS
+def table_artifact(name: str) -> str:
+    return f"{TABLES_DIR}/{name}.parquet"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def default_experiment() -> str:
+    """$MLFLOW_EXPERIMENT_NAME, else the project's default experiment."""
+    return os.environ.get(env.MLFLOW_EXPERIMENT_NAME) or DEFAULT_EXPERIMENT
 
 
-def _wait_healthy(url: str, proc, log: Path, timeout_s: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"mlflow server exited ({proc.returncode}): {log.read_text()[-2000:]}"
-            )
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)  # not listening yet: poll the health endpoint again
-    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout_s}s; log: {log}")
-
-
-@contextmanager
-def serve(store: str, log_dir: Path) -> Iterator[str]:
-    """One writer for parallel trials: serve a local store through an `mlflow server` on
-    loopback and yield its URL (an http(s) store is yielded as it is). The server runs in
-    this process group, so killing the sweep's group kills it too."""
-    import subprocess
-    import sys
-
+def runs_page(store: str, experiment_id: str) -> str:
+    """How to see an experiment's runs in the MLflow UI (whose default page for an
+    experiment, the GenAI overview, is empty for this project)."""
+    page = f"#/experiments/{experiment_id}/runs"
     if is_server_uri(store):
-        yield store
-        return
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"mlflow-server-{port}.log"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store]
-    cmd += ["--artifacts-destination", str(_artifacts_beside(store))]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(url, proc, log, SERVER_START_TIMEOUT_S)
-        yield url
-    finally:
-        _stop_tree(proc.pid)
-
-
-def _stop_tree(pid: int) -> None:
-    """Stop a process and its children (`mlflow server` runs uvicorn as a child)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [*root.children(recursive=True), root]
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        p.kill()
-    psutil.wait_procs(alive, timeout=5)
-
-
-def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created if missing."""
-    found = mlflow.get_experiment_by_name(name)
-    return found.experiment_id if found else mlflow.create_experiment(name)
-
-
-def sweep_experiment() -> str:
-    """The experiment a sweep logs to: `mlflow run`'s, else $MLFLOW_EXPERIMENT_NAME or
-    $MLFLOW_EXPERIMENT_ID, else the project's default."""
-    if os.environ.get("MLFLOW_RUN_ID"):
-        run = MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"])
-        return run.info.experiment_id
-    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        return experiment_id(os.environ["MLFLOW_EXPERIMENT_NAME"])
-    return os.environ.get("MLFLOW_EXPERIMENT_ID") or experiment_id(DEFAULT_EXPERIMENT)
-
-
-def experiment_name(exp_id: str) -> str:
-    return MlflowClient().get_experiment(exp_id).name
-
-
-def _search(exp_id: str, query: str) -> list:
-    return mlflow.search_runs(experiment_ids=[exp_id], filter_string=query, output_format="list")
-
-
-def unfinished_parent(exp_id: str, digest: str) -> str | None:
-    """The newest parent run of a sweep with this spec digest that did not finish."""
-    query = (
-        f"tags.`{KIND}` = '{SWEEP_KIND}' and tags.`{SWEEP_DIGEST}` = '{digest}' "
-        "and attributes.status != 'FINISHED'"
-    )
-    runs = _search(exp_id, query)
-    return max(runs, key=lambda r: r.info.start_time).info.run_id if runs else None
-
-
-def start_parent(exp_id: str, tags: dict, resume_id: str | None = None) -> str:
-    """The sweep's parent run: `mlflow run`'s own run, else a new one; with `resume_id`,
-    that earlier parent reopened (and `mlflow run`'s run tagged as resuming it)."""
-    client = MlflowClient()
-    tags = {k: str(v) for k, v in tags.items()}
-    own = os.environ.get("MLFLOW_RUN_ID")
-    if resume_id:
-        client.update_run(resume_id, status="RUNNING")
-        if own and own != resume_id:
-            client.set_tag(own, SWEEP_RESUMED, resume_id)
-        return resume_id
-    if own:
-        for key, value in tags.items():
-            client.set_tag(own, key, value)
-        return own
-    return client.create_run(exp_id, tags=tags).info.run_id
-
-
-def children(parent_id: str, status: str | None = None) -> list:
-    query = f"tags.`{PARENT_RUN}` = '{parent_id}'"
-    if status:
-        query += f" and attributes.status = '{status}'"
-    run = MlflowClient().get_run(parent_id)
-    return _search(run.info.experiment_id, query)
-
-
-def end_stale_children(parent_id: str, status: str = "KILLED") -> int:
-    """Mark the parent's children still RUNNING (their process is gone) as `status`."""
-    stale = children(parent_id, "RUNNING")
-    for run in stale:
-        MlflowClient().set_terminated(run.info.run_id, status)
-    return len(stale)
-
-
-def end_sweep(store: str, parent_id: str, status: str) -> None:
-    """End a sweep on its store directly (its server may be gone after Ctrl-C): no child
-    left RUNNING, the parent ended with `status`."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(store)
-    try:
-        end_stale_children(parent_id)
-        MlflowClient().set_terminated(parent_id, status)
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
-def finished_keys() -> set[str]:
-    """Config keys of the FINISHED training runs of every experiment: trials to skip (a
-    config key is a run's identity wherever it was logged)."""
-    query = f"tags.`{KIND}` = 'train' and attributes.status = 'FINISHED'"
-    runs = mlflow.search_runs(
-        filter_string=query, output_format="list", search_all_experiments=True
-    )
-    return {r.data.tags[CONFIG_KEY] for r in runs if CONFIG_KEY in r.data.tags}
-
-
-def ensure_registered_model(task: str) -> None:
-    """Create `bertrep-<task>` unless it exists; safe when parallel trials race to it."""
-    client = MlflowClient()
-    name = registered_model_name(task)
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        try:
-            client.create_registered_model(name, tags={TASK: task})
-        except mlflow.exceptions.MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-
-
-def first_step_time(run_id: str) -> float:
-    """Wall time (s since the epoch) at which the run logged its first training loss."""
-    history = MlflowClient().get_metric_history(run_id, LOSS)
-    return min(m.timestamp for m in history) / 1000 if history else math.nan
-
-
-def log_trial_stats(run_id: str, startup_s: float, index: int) -> None:
-    client = MlflowClient()
-    client.log_batch(
-        run_id,
-        metrics=[
-            Metric(TRIAL_STARTUP, startup_s, int(time.time() * 1000), 0),
-            Metric(TRIAL_INDEX, index, int(time.time() * 1000), 0),
-        ],
-    )
-
-
-def log_sweep(parent_id: str, spec_yaml: str, trials: list[dict]) -> None:
-    """The spec (after overrides) and its trial list as artifacts of the parent run."""
-    import json
-
-    client = MlflowClient()
-    client.log_text(parent_id, spec_yaml, SWEEP_SPEC_FILE)
-    client.log_text(parent_id, json.dumps(trials, indent=1), SWEEP_TRIALS_FILE)
-
-
-def log_counts(parent_id: str, counts: dict[str, float]) -> None:
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in counts.items()]
-    MlflowClient().log_batch(parent_id, metrics=metrics)
+        return f"{store.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {store}, then http://127.0.0.1:5000/{page}"

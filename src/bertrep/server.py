@@ -1,0 +1,150 @@
+"""The local MLflow tracking server a sweep starts, so parallel trials have one writer.
+
+    python -m bertrep.sweep --spec sweeps/smoke/aufc.yaml     # serves ./mlflow.db
+
+runs, for a store such as sqlite:///abs/mlflow.db (artifacts in mlartifacts/ beside it),
+
+    mlflow server --backend-store-uri sqlite:///abs/mlflow.db \\
+        --artifacts-destination /abs/mlartifacts --host 127.0.0.1 --port <free> --workers 1
+
+and stops it (and its uvicorn children) when the sweep ends. An http(s) store is used
+as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+
+from bertrep import env, tracking
+
+START_TIMEOUT_S = 120.0
+ARTIFACTS = "mlartifacts"  # beside the store, as `mlflow server` names it
+STOP_TIMEOUT_S = 15.0  # after SIGTERM, before SIGKILL
+
+
+def store_uri() -> str:
+    """The store runs go to: $MLFLOW_TRACKING_URI, else MLflow's default, local paths
+    absolute (trials run in other working folders)."""
+    uri = os.environ.get(env.MLFLOW_TRACKING_URI) or mlflow.get_tracking_uri()
+    sqlite = tracking.SQLITE_URI
+    if uri.startswith(sqlite) and not uri.startswith(f"{sqlite}/"):
+        return f"{sqlite}{Path(uri[len(sqlite) :]).resolve()}"
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def artifacts_beside(store: str) -> Path:
+    for scheme in (tracking.SQLITE_URI, tracking.FILE_URI):
+        if store.startswith(scheme):
+            return Path(store[len(scheme) :]).parent / ARTIFACTS
+    return Path.cwd().resolve() / ARTIFACTS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Until `url`/health answers 200; an error if the server exits or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass  # not listening yet
+        try:
+            proc.wait(timeout=0.5)  # between polls: return early only if it died
+        except subprocess.TimeoutExpired:
+            continue
+        raise RuntimeError(f"mlflow server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout_s}s; log: {log}")
+
+
+@contextmanager
+def serve(store: str, log_dir: Path) -> Iterator[str]:
+    """One writer for parallel trials: serve a local store through an `mlflow server` on
+    loopback and yield its URL (an http(s) store is yielded as it is). The server runs in
+    this process group, so killing the sweep's group kills it too."""
+    if tracking.is_server_uri(store):
+        yield store
+        return
+    port = free_port()
+    url = f"{tracking.HTTP_URI}127.0.0.1:{port}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"mlflow-server-{port}.log"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store]
+    cmd += ["--artifacts-destination", str(artifacts_beside(store))]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(url, proc, log, START_TIMEOUT_S)
+        yield url
+    finally:
+        stop_tree(proc.pid)
+
+
+def stop_tree(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop a process and its children (`mlflow server` runs uvicorn as a child): SIGTERM,
+    then SIGKILL for those still alive after `timeout_s`."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [*root.children(recursive=True), root]
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def point_at(uri: str) -> None:
+    """Send this process's runs (and those of processes it starts) to `uri`."""
+    os.environ[env.MLFLOW_TRACKING_URI] = uri
+    mlflow.set_tracking_uri(uri)
+
+
+@contextmanager
+def tracking_at(uri: str) -> Iterator[None]:
+    """Point this process (and Ray workers it starts) at `uri`, restored afterwards."""
+    old_env, old_uri = os.environ.get(env.MLFLOW_TRACKING_URI), mlflow.get_tracking_uri()
+    point_at(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_uri)  # first: MLflow exports it to the environment too
+        if old_env is None:
+            os.environ.pop(env.MLFLOW_TRACKING_URI, None)
+        else:
+            os.environ[env.MLFLOW_TRACKING_URI] = old_env
+
+
+@contextmanager
+def through_server(log_dir: str | Path = "outputs") -> Iterator[str]:
+    """Point this process at a tracking server for the current store: the store itself if
+    it is one, else a local `mlflow server` for the duration. Artifacts a sweep logged
+    through its server (mlflow-artifacts:/ URIs) can only be read back through one."""
+    with serve(store_uri(), Path(log_dir).resolve()) as uri, tracking_at(uri):
+        yield uri

@@ -1,0 +1,147 @@
+"""Sweep specs: every shipped spec parses and expands (without Ray, MLflow or torch),
+overrides win, unknown keys are errors, sources are full fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from bertrep.config import TrainConfig
+from bertrep.spec import (
+    SOURCE_FIELDS,
+    load_spec,
+    needs_source,
+    parse_overrides,
+    source_config,
+    sources,
+    spec_from_dict,
+    trials,
+)
+
+SPECS = sorted((REPO / "sweeps").glob("**/*.yaml"))
+SMOKE = REPO / "sweeps" / "smoke" / "aufc.yaml"
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(REPO)) for p in SPECS])
+def test_every_shipped_spec_expands_to_trials(path):
+    spec = load_spec(path)
+    configs = trials(spec)
+    assert configs and len({c.key() for c in configs}) == len(configs)
+    assert all(Path(c.data_dir).is_absolute() for c in configs if c.data_dir)
+    if spec.kind == "aufc":
+        assert any(c.source_task != "base" for c in configs)
+        for source in sources(spec, configs):
+            assert source.source_task == "base" and source.frozen_layers == 0
+
+
+def test_paper_spec_is_the_papers_setting():
+    configs = trials(load_spec(REPO / "sweeps" / "paper" / "aufc.yaml"))
+    assert {c.task for c in configs} == {"mnli", "stsb", "sst2", "pos"}
+    assert {c.frozen_layers for c in configs} == set(range(13))
+    assert {c.seed for c in configs} == {0, 1, 2}
+    assert {c.max_steps for c in configs if c.task == "mnli"} == {6000}
+    assert {c.max_steps for c in configs if c.task != "mnli"} == {2000}
+    assert {(c.lr, c.batch_size, c.max_length) for c in configs} == {(2e-5, 32, 128)}
+    assert len(configs) == 4 * 4 * 13 * 3
+    quick = trials(load_spec(REPO / "sweeps" / "quick" / "aufc.yaml"))
+    assert {0, 6} <= {c.frozen_layers for c in quick} and len({c.seed for c in quick}) >= 2
+    assert {c.source_task for c in quick} >= {"base"} and len({c.task for c in quick}) == 4
+
+
+def test_overrides_win_everywhere():
+    spec = load_spec(REPO / "sweeps" / "paper" / "aufc.yaml", "max_steps=10,seed=[5]")
+    assert {(c.max_steps, c.seed) for c in trials(spec)} == {(10, 5)}
+    spec = load_spec(SMOKE, "base_model=.,resources.cpus_per_trial=2,frozen_layers=[1]")
+    assert {c.base_model for c in trials(spec)} == {str(Path.cwd().resolve())}
+    assert {c.frozen_layers for c in trials(spec)} == {1}
+    assert spec.resources.cpus_per_trial == 2
+    assert parse_overrides("a=1,b=[0, 1],c=x=y") == {"a": 1, "b": [0, 1], "c": "x=y"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"kind": "aufc", "grids": {}}, "unknown key 'grids'"),
+        ({"kind": "aufc", "fixed": {"learning_rate": 1}}, "unknown training parameter "
+         "'learning_rate' in fixed"),
+        ({"kind": "aufc", "grid": [{"sed": [0]}]}, "unknown training parameter 'sed' in grid"),
+        ({"kind": "aufc", "per_task": {"cola": {}}}, "unknown task 'cola' in per_task"),
+        ({"kind": "aufc", "resources": {"gpus": 1}}, "unknown key 'gpus' in resources"),
+        ({"kind": "aufc", "sources": {"seed": 1}}, "sources cannot set 'seed'"),
+        ({"kind": "sweep"}, "kind must be one of"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_are_errors_naming_them(raw, message):
+    with pytest.raises(ValueError, match=message):
+        spec_from_dict(raw, "x.yaml")
+
+
+def test_bad_values_name_the_spec():
+    spec = spec_from_dict({"kind": "single", "grid": {"task": ["sst2", "cola"]}}, "x.yaml")
+    with pytest.raises(ValueError, match="x.yaml: unknown task 'cola'"):
+        trials(spec)
+    with pytest.raises(ValueError, match="unknown training parameter 'maxsteps'"):
+        load_spec(SMOKE, "maxsteps=3")
+
+
+def test_specs_load_without_ray_mlflow_or_torch():
+    """Checking a spec is quick: loading and expanding every shipped spec (keys, sources
+    included) imports none of the heavy frameworks."""
+    code = f"""
+import json, sys
+from pathlib import Path
+from bertrep.spec import load_spec, sources, trials
+for path in sorted(Path({str(REPO / "sweeps")!r}).glob("**/*.yaml")):
+    spec = load_spec(path)
+    configs = trials(spec)
+    [c.key() for c in configs + sources(spec, configs)]
+print(json.dumps(sorted(m for m in ("torch", "ray", "mlflow") if m in sys.modules)))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("key", SOURCE_FIELDS)
+def test_sources_cannot_set_what_makes_a_source(key):
+    with pytest.raises(ValueError, match=f"sources cannot set '{key}'"):
+        spec_from_dict({"kind": "aufc", "sources": {key: 0}}, "x.yaml")
+
+
+def test_a_source_is_full_fine_tuning_with_the_targets_seed():
+    raw = {
+        "kind": "aufc",
+        "fixed": {"max_steps": 7, "lr": 1e-4},
+        "per_task": {"sst2": {"max_steps": 9}},
+        "sources": {"lr": 3e-4},
+        "grid": {"task": "pos", "source_task": ["base", "sst2"], "frozen_layers": [0, 2],
+                 "seed": [0, 1]},
+    }  # fmt: skip
+    spec = spec_from_dict(raw, "x.yaml")
+    targets = trials(spec)
+    assert [needs_source(t) for t in targets].count(True) == 4
+    found = sources(spec, targets)
+    assert {s.seed for s in found} == {0, 1} and len(found) == 2
+    for target in (t for t in targets if needs_source(t)):
+        source = source_config(spec, target)
+        assert source.registers_source and source.task == "sst2" and source.seed == target.seed
+        assert (source.max_steps, source.lr, source.base_model) == (9, 3e-4, target.base_model)
+    first = [t.registers_source for t in targets]  # sources first: best_B is found
+    assert first == sorted(first, reverse=True) and any(first)
+
+
+def test_needs_source_only_where_the_registry_is_asked():
+    assert not needs_source(TrainConfig(task="pos"))
+    assert needs_source(TrainConfig(task="pos", source_task="sst2"))
+    assert not needs_source(TrainConfig(task="pos", source_task="sst2", base_model="models:/m/1"))
+    two = {"task": "pos", "source_task": "sst2"}
+    assert needs_source(TrainConfig(mode="sequential", **two))
+    assert not needs_source(TrainConfig(mode="sequential", source_steps=5, **two))
+    assert needs_source(TrainConfig(mode="shuffled", **two))
+    reference = "runs:/r/checkpoint"
+    assert not needs_source(TrainConfig(mode="shuffled", reference_model=reference, **two))
