@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bertrep import activations
+from bertrep import activations, probing
 from bertrep.encode import collate, encode, tokenizer_digest
 from bertrep.model import load_model
 from bertrep.probes import build_probe_set, excluded_ids
@@ -20,7 +23,7 @@ def setup(tiny_model):
     examples = [Example((" ".join(["word"] * (3 + i % 9)) + f" end {i}",), 0) for i in range(30)]
     data = encode(get_task("sst2"), examples, tok, 32)
     probe = build_probe_set(
-        data, task="sst2", split="validation", source="mem", tokenizer_digest=tokenizer_digest(tok),
+        data, task="sst2", split="validation", file="mem", tokenizer_digest=tokenizer_digest(tok),
         excluded=excluded_ids(tok), max_length=32, n_tokens=80, seed=3,
     )  # fmt: skip
     return model, tok, data, probe
@@ -28,7 +31,7 @@ def setup(tiny_model):
 
 def test_extract_reads_the_probe_tokens(setup):
     model, tok, data, probe = setup
-    states = activations.extract(model, data, probe, pad_id=tok.pad_token_id, batch_size=7)
+    states = probing.extract(model, data, probe, pad_id=tok.pad_token_id, batch_size=7)
     assert states.shape == (3, 80, 32)  # embeddings + 2 blocks
     model.eval()
     with torch.no_grad():
@@ -42,7 +45,7 @@ def test_extract_reads_the_probe_tokens(setup):
 
 def test_table_one_column_per_layer(setup, tmp_path):
     model, tok, data, probe = setup
-    states = activations.extract(model, data, probe, pad_id=tok.pad_token_id)
+    states = probing.extract(model, data, probe, pad_id=tok.pad_token_id)
     path = activations.write_table(
         tmp_path / "a.parquet", states, probe, {"run_id": "r1", "step": 5}
     )
@@ -62,3 +65,42 @@ def test_row_count_must_match_probe(setup, tmp_path):
     _, _, _, probe = setup
     with pytest.raises(ValueError, match="states have 3 rows"):
         activations.write_table(tmp_path / "x.parquet", np.zeros((2, 3, 4)), probe, {})
+
+
+def test_reading_a_table_needs_no_torch(setup, tmp_path):
+    model, tok, data, probe = setup
+    path = activations.write_table(
+        tmp_path / "a.parquet", probing.extract(model, data, probe, pad_id=0), probe, {}
+    )
+    code = (
+        "import sys; from bertrep import activations as a; "
+        f"s = a.read_states({str(path)!r}); a.check_comparable({str(path)!r}, {str(path)!r}); "
+        "assert s.shape == (3, 80, 32), s.shape; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_tables_are_clear_errors(setup, tmp_path):
+    model, tok, data, probe = setup
+    states = probing.extract(model, data, probe, pad_id=tok.pad_token_id)
+    good = activations.write_table(tmp_path / "good.parquet", states, probe, {})
+    nan = states.copy()
+    nan[1, 5, 3] = np.nan
+    bad = activations.write_table(tmp_path / "nan.parquet", nan, probe, {})
+    with pytest.raises(activations.TableError, match="nan.parquet: layer_1 holds NaN"):
+        activations.read_states(bad)
+    truncated = tmp_path / "cut.parquet"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(activations.TableError, match="cut.parquet: not a readable Parquet"):
+        activations.read_states(truncated)
+    other = build_probe_set(
+        data, task="sst2", split="validation", file="mem", tokenizer_digest=tokenizer_digest(tok),
+        excluded=excluded_ids(tok), max_length=32, n_tokens=80, seed=4,
+    )  # fmt: skip
+    elsewhere = activations.write_table(
+        tmp_path / "other.parquet", probing.extract(model, data, other, pad_id=0), other, {}
+    )
+    with pytest.raises(activations.TableError, match="probe sets differ"):
+        activations.check_comparable(good, elsewhere)
+    activations.check_comparable(good, bad)  # same rows: comparable (NaN is found on reading)

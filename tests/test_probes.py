@@ -20,7 +20,7 @@ def probe(tokenizer, examples=SENTENCES, **overrides):
     kwargs = dict(
         task="sst2",
         split="validation",
-        source="mem",
+        file="mem",
         tokenizer_digest=tokenizer_digest(tokenizer),
         excluded=excluded_ids(tokenizer),
         max_length=64,
@@ -49,7 +49,7 @@ def test_digest_follows_every_input(tiny_model, tiny_model_other_vocab):
     assert probe(tok, seed=1)[0].digest != base
     assert probe(tok, n_tokens=50)[0].digest != base
     assert probe(tok, max_length=63)[0].digest != base
-    assert probe(tok, source="elsewhere")[0].digest == base  # where the file lies is not identity
+    assert probe(tok, file="elsewhere")[0].digest == base  # where the file lies is not identity
     assert probe(tok, examples=SENTENCES[:-1])[0].digest != base
     other = AutoTokenizer.from_pretrained(tiny_model_other_vocab)
     assert probe(other)[0].digest != base

@@ -23,6 +23,9 @@ def test_normalize():
     assert normalize(0.44, chance=0.0, best=0.88) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="best equals chance"):
         normalize(0.7, chance=0.5, best=0.5)
+    # a training run logs NaN and goes on
+    assert np.isnan(normalize(0.7, chance=0.5, best=0.5, strict=False))
+    assert np.isnan(normalize([0.7, 0.8], chance=0.5, best=np.nan, strict=False)).all()
 
 
 def test_aufc_by_hand():

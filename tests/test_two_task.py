@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from bertrep import tracking
 from bertrep.config import Runtime, TrainConfig
-from bertrep.train import checkpoint_steps, run
+from bertrep.train import alone_on_a, checkpoint_steps, run
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_sequential_run_trains_a_then_b(tiny_model, data_dir, mlflow_store):
     run_id = run(two_task(tiny_model, data_dir), QUIET)
     r = MlflowClient().get_run(run_id)
     assert r.info.status == "FINISHED" and r.data.tags[tracking.MODE] == "sequential"
-    assert sorted(history(run_id, tracking.phase_metric("source", "loss"))) == [1, 2, 3, 4]
+    assert sorted(history(run_id, tracking.phase_metric(tracking.A_PHASE, "loss"))) == [1, 2, 3, 4]
     assert sorted(history(run_id, tracking.LOSS)) == list(range(1, 11))
     assert_checkpoint_series(run_id, "sst2", "pos")
     for probe in ("sst2", "pos"):
@@ -86,7 +86,7 @@ def test_sequential_from_a_registered_model_keeps_its_head(tiny_model, data_dir,
     uri = tracking.find_registered("sst2", {tracking.SEED: "0"})
     cfg = two_task(tiny_model, data_dir, base_model=uri, frozen_layers=1)
     run_id = run(cfg, QUIET)
-    assert history(run_id, tracking.phase_metric("source", "loss")) == {}  # A phase skipped
+    assert history(run_id, tracking.phase_metric(tracking.A_PHASE, "loss")) == {}  # A phase skipped
     start = history(run_id, tracking.eval_metric("accuracy", "sst2"))[0]
     registered = MlflowClient().search_runs(
         [MlflowClient().get_run(run_id).info.experiment_id], "tags.mode = 'single'"
@@ -100,11 +100,18 @@ def test_sequential_from_a_registered_model_keeps_its_head(tiny_model, data_dir,
 
 
 def test_shuffled_run_mixes_both_tasks(tiny_model, data_dir, mlflow_store):
-    single = TrainConfig(base_model=str(tiny_model), data_dir=str(data_dir), task="sst2",
-                         max_steps=3, batch_size=8, max_train_examples=32, max_eval_examples=32,
-                         probe_tokens=100)  # fmt: skip
-    run(single, QUIET)  # the reference: tuned on A alone, found in the registry
-    run_id = run(two_task(tiny_model, data_dir, mode="shuffled", sampling="uniform"), QUIET)
+    cfg = two_task(tiny_model, data_dir, mode="shuffled", sampling="uniform")
+    # Another A model of the same base and seed, trained differently, is not the reference
+    other = TrainConfig(base_model=str(tiny_model), data_dir=str(data_dir), task="sst2",
+                        max_steps=3, batch_size=8, max_train_examples=32, max_eval_examples=32,
+                        probe_tokens=100)  # fmt: skip
+    run(other, QUIET)
+    with pytest.raises(ValueError, match="needs a model fine-tuned on sst2 alone"):
+        run(cfg, QUIET)
+    reference = alone_on_a(cfg)  # tuned on A alone with this run's settings
+    assert reference.registers_source and reference.task == "sst2" and reference.mode == "single"
+    run(reference, QUIET)  # found in the registry by its config key
+    run_id = run(cfg, QUIET)
     r = MlflowClient().get_run(run_id)
     assert r.info.status == "FINISHED" and r.data.tags[tracking.MODE] == "shuffled"
     assert_checkpoint_series(run_id, "sst2", "pos")

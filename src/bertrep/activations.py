@@ -1,66 +1,35 @@
 """Per-layer token activations on a probe set, as a Parquet table.
 
 One row per probe token (`sentence`, `position`, `token_id`), one column per hidden
-state (`layer_0` = embeddings, `layer_l` = block l), each a fixed-size list of the
-layer's width, so a single layer reads alone:
+state h = 0..L (`layer_0` = the embedding output, `layer_h` = the output of block h),
+each a fixed-size list of the model's width, so a single hidden state reads alone:
 
     >>> import pyarrow.parquet as pq
     >>> t = pq.read_table("step_60.parquet", columns=["layer_3"])
 
 The file's metadata (`bertrep.activations`) holds the probe digest, run id, step,
-storage dtype and shapes; CKA compares two tables only if digests and rows agree.
+storage dtype and shapes; CKA compares two tables only if digests and rows agree
+(`check_comparable`). Reading needs pyarrow and numpy only; `probing` extracts.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from bertrep.encode import Encoded, collate
-from bertrep.probes import ProbeSet
+if TYPE_CHECKING:
+    from bertrep.probes import ProbeSet
 
 META_KEY = b"bertrep.activations"
 
 
 def layer_column(layer: int) -> str:
     return f"layer_{layer}"
-
-
-@torch.no_grad()
-def extract(
-    model, data: Encoded, probe: ProbeSet, *, pad_id: int, batch_size: int = 64, device=None
-) -> np.ndarray:
-    """Hidden states at the probe tokens: (L + 1, N, width) float32, rows in probe order.
-
-    Runs in float32 with autocast off: the CKA downstream wants the model's own values.
-    """
-    was_training = model.training
-    model.eval()
-    device = device or next(model.parameters()).device
-    sentences = np.unique(probe.sentence)
-    out = None
-    row_of = np.searchsorted(sentences, probe.sentence)  # probe row -> sentence slot
-    by_sentence = np.argsort(row_of, kind="stable")
-    starts = np.searchsorted(row_of[by_sentence], np.arange(len(sentences) + 1))
-    with torch.autocast(device_type=torch.device(device).type, enabled=False):
-        for first in range(0, len(sentences), batch_size):
-            index = sentences[first : first + batch_size]
-            batch = {k: v.to(device) for k, v in collate(data, index, pad_id).items()}
-            batch.pop("labels")
-            states = torch.stack(model.hidden_states(**batch)).float()  # (L+1, b, t, h)
-            if out is None:
-                out = np.empty((states.shape[0], len(probe), states.shape[-1]), np.float32)
-            rows = by_sentence[starts[first] : starts[first + len(index)]]
-            slot = row_of[rows] - first
-            picked = states[:, torch.as_tensor(slot), torch.as_tensor(probe.position[rows])]
-            out[:, rows] = picked.cpu().numpy()
-    model.train(was_training)
-    return out
 
 
 def write_table(
@@ -98,17 +67,61 @@ def write_table(
     return path
 
 
+class TableError(ValueError):
+    """An activation table that cannot be read or compared: names the file and the problem."""
+
+
 def read_meta(path: str | Path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[META_KEY])
+    """The table's `bertrep.activations` metadata; a clear error for a file that is not one."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as error:
+        raise TableError(f"{path}: not a readable Parquet file ({error})") from None
+    if META_KEY not in metadata:
+        raise TableError(f"{path}: not an activation table (no {META_KEY.decode()} metadata)")
+    return json.loads(metadata[META_KEY])
 
 
 def read_layers(path: str | Path, layers: list[int] | None = None) -> dict[int, np.ndarray]:
-    """{layer: (N, width) array in the stored dtype} for the requested layers (all if None)."""
+    """{h: (N, width) array in the stored dtype} for the requested hidden states (all if
+    None). A truncated file or a NaN/inf value is a TableError naming the file."""
     meta = read_meta(path)
     layers = list(range(meta["num_hidden_states"])) if layers is None else layers
-    table = pq.read_table(path, columns=[layer_column(layer) for layer in layers])
+    try:
+        table = pq.read_table(path, columns=[layer_column(layer) for layer in layers])
+    except (OSError, pa.ArrowInvalid) as error:
+        raise TableError(f"{path}: cannot read its layers ({error})") from None
     out = {}
     for layer in layers:
         column = table[layer_column(layer)].combine_chunks()
-        out[layer] = column.values.to_numpy().reshape(len(column), meta["width"])
+        values = column.values.to_numpy().reshape(len(column), meta["width"])
+        if len(values) != meta["rows"]:
+            raise TableError(f"{path}: {len(values)} rows, its metadata says {meta['rows']}")
+        if not np.isfinite(values).all():
+            raise TableError(f"{path}: {layer_column(layer)} holds NaN or inf")
+        out[layer] = values
     return out
+
+
+def read_states(path: str | Path, layers: list[int] | None = None) -> np.ndarray:
+    """(len(layers), N, width) array in the stored dtype (all hidden states if None)."""
+    return np.stack(list(read_layers(path, layers).values()))
+
+
+def read_rows(path: str | Path) -> np.ndarray:
+    """(N, 2) int64 (sentence, position) of each row: the row order CKA relies on."""
+    table = pq.read_table(path, columns=["sentence", "position"])
+    return np.stack([table[c].to_numpy().astype(np.int64) for c in table.column_names], 1)
+
+
+def check_comparable(path_a: str | Path, path_b: str | Path) -> None:
+    """Two tables may be compared row by row only if they share the probe digest and the
+    row order; anything else is a TableError naming both files."""
+    a, b = read_meta(path_a), read_meta(path_b)
+    if a["probe_digest"] != b["probe_digest"]:
+        raise TableError(
+            f"probe sets differ: {path_a} has {a['probe_digest']} ({a['probe_task']}), "
+            f"{path_b} has {b['probe_digest']} ({b['probe_task']})"
+        )
+    if a["rows"] != b["rows"] or not np.array_equal(read_rows(path_a), read_rows(path_b)):
+        raise TableError(f"row order differs between {path_a} and {path_b}")

@@ -66,7 +66,7 @@ def build_probe_set(
     *,
     task: str,
     split: str,
-    source: str,
+    file: str,
     tokenizer_digest: str,
     excluded: set[int],
     max_length: int,
@@ -83,7 +83,7 @@ def build_probe_set(
     sentence, position, token_id = map(np.concatenate, (sentence, position, token_id))
     total = len(sentence)
     if total == 0:
-        raise ValueError(f"{task} {split} ({source}) has no tokens to probe")
+        raise ValueError(f"{task} {split} ({file}) has no tokens to probe")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(total, size=min(n_tokens, total), replace=False))
     # Candidates are enumerated in (sentence, position) order, so sorting the draw
@@ -91,7 +91,7 @@ def build_probe_set(
     meta = {
         "task": task,
         "split": split,
-        "source": source,
+        "file": file,
         "tokenizer": tokenizer_digest,
         "max_length": max_length,
         "n_tokens": n_tokens,
@@ -102,7 +102,7 @@ def build_probe_set(
     # another file (a sample, a different release) is another probe set.
     data = hashlib.sha256(np.concatenate(encoded.input_ids).astype(np.int32).tobytes())
     meta["data"] = data.hexdigest()[:16]
-    identity = {k: v for k, v in meta.items() if k != "source"}
+    identity = {k: v for k, v in meta.items() if k != "file"}  # where it lies is no identity
     meta["digest"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     meta["rows"] = int(len(pick))
     meta["available"] = int(total)

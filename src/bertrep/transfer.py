@@ -23,6 +23,7 @@ __all__ = [
     "MatrixCorrelation",
     "aufc",
     "average_transferability",
+    "correlation",
     "matrix_correlation",
     "mean_cka",
     "normalize",
@@ -34,15 +35,23 @@ def _finite(name: str, a: np.ndarray) -> None:
         raise ValueError(f"{name} contains NaN or inf: {a.tolist()}")
 
 
-def normalize(score: Any, chance: float, best: float) -> Any:
+def normalize(score: Any, chance: float, best: float, *, strict: bool = True) -> Any:
     """(score − chance) / (best − chance): 0 at chance, 1 at full fine-tuning.
 
-    score: a float or an array of any shape; returns the same kind.
+    score: a float or an array of any shape; returns the same kind. Where best equals
+    chance (or either is not finite) the score is undefined: an error, or with
+    strict=False NaN (a training run logs it and goes on).
     """
+    problem = ""
     if not (np.isfinite(chance) and np.isfinite(best)):
-        raise ValueError(f"chance and best must be finite; got chance={chance}, best={best}")
-    if best == chance:
-        raise ValueError(f"best equals chance ({best}): the normalized score is undefined")
+        problem = f"chance and best must be finite; got chance={chance}, best={best}"
+    elif best == chance:
+        problem = f"best equals chance ({best}): the normalized score is undefined"
+    if problem and strict:
+        raise ValueError(problem)
+    if problem:
+        out = np.full(np.shape(score), np.nan)
+        return float(out) if out.ndim == 0 else out
     out = (np.asarray(score, dtype=np.float64) - chance) / (best - chance)
     return float(out) if out.ndim == 0 else out
 
@@ -136,13 +145,20 @@ class MatrixCorrelation(NamedTuple):
 
 def matrix_correlation(a: Any, b: Any) -> MatrixCorrelation:
     """Pearson and Spearman correlation of two (T, T) matrices over off-diagonal cells."""
-    from scipy import stats
-
     a, b = _square("a", a), _square("b", b)
     if a.shape != b.shape:
         raise ValueError(f"matrices differ in shape: {a.shape} vs {b.shape}")
     off = ~np.eye(len(a), dtype=bool)
-    x, y = a[off], b[off]
+    return correlation(a[off], b[off])
+
+
+def correlation(x: Any, y: Any) -> MatrixCorrelation:
+    """Pearson and Spearman correlation of paired cells x, y (m,), m >= 3."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"cells must be paired 1-D arrays: {x.shape} vs {y.shape}")
     _finite("a", x)
     _finite("b", y)
     if len(x) < 3:
