@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 # `mlflow run --env-manager local` runs `python` from PATH: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-quick test-slow lint format ui bench clean
+.PHONY: install demo test test-quick test-slow lint format ui bench clean analyze figures
 
 install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -64,3 +64,15 @@ sweep-single sweep-aufc sweep-forgetting: install
 sweep-smoke: install
 	$(BIN)/mlflow run . -e sweep_aufc --env-manager local -P spec=sweeps/smoke/aufc.yaml \
 		-P overrides="$(OVERRIDES)"
+
+# The analysis stage (src/bertrep/analyze.py): ANALYSIS spec (default analysis/quick.yaml),
+# then `make figures` redraws every figure of the newest analysis run (RUN_ID= another)
+# into figures/ from its logged tables alone.
+ANALYSIS ?= analysis/quick.yaml
+RUN_ID ?=
+analyze: install
+	$(BIN)/mlflow run . -e analyze --env-manager local -P spec=$(ANALYSIS) \
+		-P overrides="$(OVERRIDES)"
+
+figures: install
+	$(BIN)/python -m bertrep.figures --out figures $(if $(RUN_ID),--run_id $(RUN_ID))

@@ -13,7 +13,8 @@ import yaml
 from conftest import REPO
 
 from bertrep import env
-from bertrep.config import TrainConfig, add_arguments, from_namespace, model_identity, parse_bool
+from bertrep.config import TrainConfig, add_arguments, from_namespace, parse_bool
+from bertrep.identity import model_identity
 from bertrep.tasks import TASKS
 
 

@@ -40,7 +40,11 @@ def test_every_shipped_spec_expands_to_trials(path):
 
 
 def test_paper_spec_is_the_papers_setting():
-    configs = trials(load_spec(REPO / "sweeps" / "paper" / "aufc.yaml"))
+    everything = trials(load_spec(REPO / "sweeps" / "paper" / "aufc.yaml"))
+    (extract,) = [c for c in everything if c.mode == "extract"]  # the pretrained read-out
+    assert extract.base_model == "bert-base-uncased"
+    assert extract.probe_task_list == ["mnli", "stsb", "sst2", "pos"]
+    configs = [c for c in everything if c.mode != "extract"]
     assert {c.task for c in configs} == {"mnli", "stsb", "sst2", "pos"}
     assert {c.frozen_layers for c in configs} == set(range(13))
     assert {c.seed for c in configs} == {0, 1, 2}
@@ -48,9 +52,16 @@ def test_paper_spec_is_the_papers_setting():
     assert {c.max_steps for c in configs if c.task != "mnli"} == {2000}
     assert {(c.lr, c.batch_size, c.max_length) for c in configs} == {(2e-5, 32, 128)}
     assert len(configs) == 4 * 4 * 13 * 3
-    quick = trials(load_spec(REPO / "sweeps" / "quick" / "aufc.yaml"))
-    assert {0, 6} <= {c.frozen_layers for c in quick} and len({c.seed for c in quick}) >= 2
-    assert {c.source_task for c in quick} >= {"base"} and len({c.task for c in quick}) == 4
+    # every (source, target) pair off the diagonal, from base too: the whole matrix
+    pairs = {(c.source_task, c.task) for c in configs}
+    tasks = {"mnli", "stsb", "sst2", "pos"}
+    assert pairs == {(s, t) for s in tasks | {"base"} for t in tasks if s != t}
+    quick = [c for c in trials(load_spec(REPO / "sweeps" / "quick" / "aufc.yaml"))
+             if c.mode != "extract"]  # fmt: skip
+    assert {c.frozen_layers for c in quick} == {0, 3, 6} and {c.seed for c in quick} == {0, 1}
+    assert {(c.source_task, c.task) for c in quick} == pairs
+    # only the sources and the read-out extract on every probe set
+    assert {c.probe_tasks for c in quick if not c.registers_source} == {""}
 
 
 def test_overrides_win_everywhere():

@@ -17,17 +17,14 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
-from bertrep import tasks
+from bertrep import identity, tasks
+from bertrep.identity import MINILM
 
 MODES = ("single", "sequential", "shuffled", "extract")
 TWO_TASK_MODES = ("sequential", "shuffled")  # A = source_task, then or mixed with B = task
-MINILM = "minilm"  # the shipped all-MiniLM-L6-v2, a name and never a folder
 # What of a local base_model folder makes the model: config, heads, tokenizer, weights.
-MODEL_FILES = ("config.json", "bertrep.json", "vocab.txt", "tokenizer.json")
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 @dataclass(frozen=True)
@@ -166,8 +163,8 @@ class TrainConfig:
         base_model folder by its model files' content: moving either keeps the key."""
         values = dataclasses.asdict(self)
         del values["data_dir"], values["data_files"]
-        values["data"] = tasks.data_digest(self.data_reads(), self.data_dir)
-        values["base_model"] = model_identity(self.base_model)
+        values["data"] = identity.data_digest(self.data_reads(), self.data_dir)
+        values["base_model"] = identity.model_identity(self.base_model)
         blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -189,23 +186,6 @@ class Runtime:
     experiment_name: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME or the active run's
     progress: bool = True
     prefix_cache_gb: float = 4.0  # frozen-prefix outputs kept in memory (0: recompute)
-
-
-def model_identity(base_model: str) -> str:
-    """base_model as part of a run's identity: a local folder by the content of its model
-    files (see MODEL_FILES), so it may move; `minilm`, a hub id or a URI as written."""
-    folder = Path(base_model).expanduser()
-    if base_model == MINILM or ":/" in base_model or not folder.is_dir():
-        return base_model
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and (p.name in MODEL_FILES or p.suffix in WEIGHT_SUFFIXES)
-    )
-    if not files:
-        return str(folder.resolve())  # no model in it: loading will say so
-    lines = "".join(f"{p.name}={tasks.file_digest(p)}\n" for p in files)
-    return f"sha256:{hashlib.sha256(lines.encode()).hexdigest()}"
 
 
 def parse_bool(value: Any) -> bool:

@@ -18,11 +18,9 @@ Two sources:
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,50 +337,6 @@ def _load_hub(spec: TaskSpec, split: str) -> list[Example]:
                 Example(tuple(texts), float(label) if spec.kind == "regression" else int(label))
             )
     return out
-
-
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's content, cached in this process by (resolved path, size, mtime)."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _FILE_DIGESTS[key] = digest.hexdigest()
-    return _FILE_DIGESTS[key]
-
-
-def split_digest(
-    task: str,
-    split: str,
-    data_dir: str | os.PathLike | None = None,
-    data_files: str | dict[str, str] | None = None,
-) -> str:
-    """What `load_split` reads, named by content: the sha256 of the local file, or on the
-    hub (no data folder) the dataset, config, revision and split."""
-    spec = get_task(task)
-    folder = resolve_data_dir(data_dir)
-    if folder is None:
-        revision = f"@{spec.hub_revision}" if spec.hub_revision else ""
-        return f"hf://{spec.hub_path}/{spec.hub_config or ''}{revision}:{split}"
-    if isinstance(data_files, str):
-        data_files = parse_data_files(data_files)
-    return file_digest(local_file(spec, split, folder, data_files))
-
-
-def data_digest(
-    reads: Iterable[tuple[str, str, str]], data_dir: str | os.PathLike | None = None
-) -> str:
-    """One digest of the data a run reads, wherever its folder lies. reads: (task, split,
-    data_files) as `load_split` gets them; data_dir as there (empty: $BERTREP_DATA_DIR)."""
-    parts = sorted({f"{t}:{s}={split_digest(t, s, data_dir, f)}" for t, s, f in reads})
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def chance_score(spec: TaskSpec, examples: list[Example]) -> float:

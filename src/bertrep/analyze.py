@@ -1,0 +1,312 @@
+"""The analysis stage: from what MLflow holds to the paper's answers, in one MLflow run.
+
+    python -m bertrep.analyze --spec analysis/quick.yaml
+    mlflow run . -e analyze --env-manager local -P spec=analysis/quick.yaml
+
+An analysis spec (analysis/README.md) names the sweeps to read (by name or parent run
+id; by default the newest finished sweep of each kind), the tasks, the base model, the
+CKA estimators and the AuFC grid. The stage reads runs by their tags, source models
+through the registry and activation tables through a content-keyed download cache;
+it runs no model. It logs one analysis run (tag bertrep.kind=analysis) with tidy
+Parquet tables (tables/), the spec, a Markdown summary and every figure (figures/).
+What it lacks it lists, with the command that produces it, and it goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+
+from bertrep import env, figures, server, summary, tracking
+from bertrep.cka import ESTIMATORS
+from bertrep.collect import MissingInput, Store, TrainRun, log_tables
+from bertrep.config import parse_bool
+from bertrep.identity import model_identity
+from bertrep.profiles import (
+    forgetting_summary,
+    forgetting_tables,
+    mean_cka_tables,
+    task_profiles,
+)
+from bertrep.tables import (
+    AufcRule,
+    Inputs,
+    Missing,
+    aufc_tables,
+    best_scores,
+    matrix,
+    transfer_k0,
+    transfer_scores,
+)
+from bertrep.tasks import TASKS
+from bertrep.transfer import correlation
+
+SWEEP_KINDS = ("single", "aufc", "forgetting")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    name: str
+    experiment: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME, else the project's default
+    sweeps: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SWEEP_KINDS, ""))
+    tasks: tuple[str, ...] = ("mnli", "stsb", "sst2", "pos")
+    base_model: str = ""  # empty: the one model every run starts from
+    estimators: tuple[str, ...] = ESTIMATORS  # the first is the headline
+    embeddings: bool = False  # profiles over blocks 1..L; true adds the embedding output
+    aufc: AufcRule = AufcRule()
+    description: str = ""
+
+
+def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
+    """Validate an analysis spec; an unknown key anywhere is an error naming it."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: an analysis spec is a mapping")
+    known = [f.name for f in dataclasses.fields(AnalysisSpec)]
+    for key in raw:
+        if key not in known:
+            raise ValueError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
+    sweeps = raw.get("sweeps", dict.fromkeys(SWEEP_KINDS, ""))
+    if not isinstance(sweeps, dict) or not sweeps:
+        raise ValueError(f"{source}: sweeps must map a sweep kind to a name, run id or ''")
+    for kind in sweeps:
+        if kind not in SWEEP_KINDS:
+            raise ValueError(f"{source}: unknown sweep kind {kind!r} in sweeps")
+    tasks = tuple(raw.get("tasks", AnalysisSpec.tasks))
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"{source}: unknown task {task!r} in tasks")
+    estimators = tuple(raw.get("estimators", ESTIMATORS))
+    if not estimators or any(e not in ESTIMATORS for e in estimators):
+        raise ValueError(f"{source}: estimators must be among {', '.join(ESTIMATORS)}")
+    rule = raw.get("aufc") or {}
+    rule_keys = [f.name for f in dataclasses.fields(AufcRule)]
+    for key in rule:
+        if key not in rule_keys:
+            raise ValueError(f"{source}: unknown key {key!r} in aufc")
+    return AnalysisSpec(
+        name=str(raw.get("name") or Path(source).stem),
+        experiment=str(raw.get("experiment") or ""),
+        sweeps={k: str(v or "") for k, v in sweeps.items()},
+        tasks=tasks,
+        base_model=str(raw.get("base_model") or ""),
+        estimators=estimators,
+        embeddings=parse_bool(raw.get("embeddings", False)),
+        aufc=AufcRule(
+            grid=tuple(int(k) for k in rule.get("grid") or ()),
+            require_endpoints=parse_bool(rule.get("require_endpoints", True)),
+        ),
+        description=str(raw.get("description") or ""),
+    )
+
+
+def load_spec(path: str | Path, overrides: str = "") -> AnalysisSpec:
+    """Read a spec; `overrides` "base_model=/path,sweeps.aufc=smoke-aufc" sets keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"analysis spec {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for item in filter(None, (i.strip() for i in (overrides or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        *parents, last = key.strip().split(".")
+        place = raw
+        for part in parents:
+            place = place.setdefault(part, {})
+        place[last] = yaml.safe_load(value)
+    return spec_from_dict(raw, str(path))
+
+
+def collect(spec: AnalysisSpec, store: Store) -> tuple[dict[str, str], list[TrainRun], list]:
+    """The sweeps' parent ids, their finished runs (each once) and what is missing."""
+    parents, runs, missing = {}, {}, []
+    for kind, ref in spec.sweeps.items():
+        try:
+            parent = store.sweep(kind, ref)
+        except MissingInput as error:
+            missing.append(Missing("sweep", str(error), _command(kind)))
+            continue
+        parents[kind] = parent.info.run_id
+        for run in store.sweep_runs(parent):
+            runs.setdefault(run.run_id, run)
+    if not runs:
+        named = ", ".join(f"{k}={v or 'newest'}" for k, v in spec.sweeps.items())
+        raise MissingInput(
+            f"analysis {spec.name}: no finished training runs in the sweeps it names "
+            f"({named}); "
+            f"run a sweep first, e.g. {_command('aufc')}"
+        )
+    return parents, _one_base_model(spec, list(runs.values())), missing
+
+
+def _command(kind: str) -> str:
+    return f"mlflow run . -e sweep_{kind} --env-manager local -P spec=sweeps/quick/{kind}.yaml"
+
+
+def _one_base_model(spec: AnalysisSpec, runs: list[TrainRun]) -> list[TrainRun]:
+    """Numbers from different base models never share a matrix: keep the spec's base model,
+    or refuse a mix naming both."""
+    if spec.base_model:
+        wanted = model_identity(spec.base_model)
+        kept = [r for r in runs if model_identity(r.root_model) == wanted]
+        if not kept:
+            raise MissingInput(f"no run starts from base_model {spec.base_model}")
+        return kept
+    roots = sorted({r.root_model for r in runs})
+    if len(roots) > 1:
+        raise ValueError(
+            f"the sweeps mix base models {roots[0]} and {roots[1]}: set base_model in the spec"
+        )
+    return runs
+
+
+def compute(inputs: Inputs, rule: AufcRule) -> dict[str, pd.DataFrame]:
+    """Every table of the analysis, by name (tables/<name>.parquet)."""
+    out: dict[str, pd.DataFrame] = {}
+    out["runs"] = pd.DataFrame([_run_row(r) for r in inputs.runs])
+    out["best"] = best_scores(inputs)
+    out["scores"] = transfer_scores(inputs, out["best"])
+    out["aufc"], out["aufc_seeds"] = aufc_tables(out["scores"], rule, inputs)
+    out["transfer_k0"] = transfer_k0(out["scores"])
+    out["mean_cka"], cross_profiles = mean_cka_tables(inputs)
+    profiles = pd.DataFrame(task_profiles(inputs))
+    out["profiles"] = pd.concat([profiles, cross_profiles], ignore_index=True)
+    out["forgetting"], forgetting_rows = forgetting_tables(inputs, out["best"])
+    out["forgetting_cka"] = pd.DataFrame(forgetting_rows)
+    out["forgetting_summary"] = forgetting_summary(out["forgetting"])
+    out["transferability"], out["correlation"] = _comparisons(inputs, out)
+    out["missing"] = pd.DataFrame(
+        [dataclasses.asdict(m) for m in inputs.missing], columns=["what", "detail", "command"]
+    ).drop_duplicates()
+    return out
+
+
+def _run_row(run: TrainRun) -> dict:
+    row = {k: v for k, v in dataclasses.asdict(run).items() if k not in ("params", "probe_digests")}
+    return row | {
+        "label": run.label,
+        "probe_digests": ",".join(f"{t}={d}" for t, d in sorted(run.probe_digests.items())),
+    }
+
+
+def _comparisons(inputs: Inputs, out: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Average transferability per source under each metric (off-diagonal row means of
+    the task rows), and the correlation of Mean-CKA with each behavioural matrix over the
+    off-diagonal task cells both have."""
+    tasks = list(inputs.tasks)
+    metrics = {
+        f"mean_cka/{e}": matrix(out["mean_cka"], inputs.tasks, estimator=e)
+        for e in inputs.estimators
+    }
+    metrics["aufc"] = matrix(out["aufc"], inputs.tasks, variant="aufc")
+    metrics["aufc_paper"] = matrix(out["aufc"], inputs.tasks, variant="aufc_paper")
+    metrics["transfer_k0"] = matrix(out["transfer_k0"], inputs.tasks)
+    squares = {k: m.loc[tasks, tasks].to_numpy(dtype=float) for k, m in metrics.items()}
+    off = ~np.eye(len(tasks), dtype=bool)
+    rows = []
+    for name, square in squares.items():
+        for i, task in enumerate(tasks):
+            values = square[i][off[i] & np.isfinite(square[i])]
+            rows.append(
+                {
+                    "metric": name,
+                    "source": task,
+                    "targets": len(values),
+                    "value": float(values.mean()) if len(values) else np.nan,
+                }
+            )
+    corr = []
+    for e in inputs.estimators:
+        x = squares[f"mean_cka/{e}"]
+        for outcome in ("aufc", "aufc_paper", "transfer_k0"):
+            y = squares[outcome]
+            shared = off & np.isfinite(x) & np.isfinite(y)
+            row = {
+                "x": f"mean_cka/{e}",
+                "y": outcome,
+                "cells": int(shared.sum()),
+                "pearson": np.nan,
+                "spearman": np.nan,
+                "note": "",
+            }
+            try:
+                c = correlation(x[shared], y[shared])
+                row |= {"pearson": c.pearson, "spearman": c.spearman}
+            except ValueError as error:
+                row["note"] = str(error)
+            corr.append(row)
+    return pd.DataFrame(rows), pd.DataFrame(corr)
+
+
+def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
+    """Run the whole analysis and log it; returns the analysis run."""
+    started = time.time()
+    experiment = spec.experiment or tracking.default_experiment()
+    store = Store(experiment)
+    parents, runs, missing = collect(spec, store)
+    inputs = Inputs(runs, store, spec.tasks, spec.estimators, spec.embeddings, missing)
+    tags = {
+        tracking.KIND: tracking.ANALYSIS_KIND,
+        tracking.ANALYSIS_NAME: spec.name,
+        tracking.ANALYSIS_SWEEPS: ",".join(f"{k}={v}" for k, v in parents.items()),
+        tracking.RUN_NAME: f"analysis {spec.name}",
+    }
+    with tracking.start_run(experiment, tags=tags) as run:
+        tables = compute(inputs, spec.aufc)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            log_tables(tables, folder / tracking.TABLES_DIR)
+            text = summary.markdown(spec, tables, parents)
+            mlflow.log_text(text, tracking.ANALYSIS_SUMMARY)
+            mlflow.log_text(
+                spec_text or yaml.safe_dump(dataclasses.asdict(spec)), tracking.ANALYSIS_SPEC
+            )
+            drawn = figures.draw_all(tables, folder / "figures", spec.tasks)
+            mlflow.log_artifacts(str(folder / "figures"), tracking.FIGURES_DIR)
+        mlflow.log_metrics(
+            {
+                tracking.ANALYSIS_DOWNLOADS: store.cache.downloads,
+                tracking.ANALYSIS_CACHE_HITS: store.cache.hits,
+                tracking.ANALYSIS_MISSING: len(tables["missing"]),
+                tracking.ANALYSIS_FIGURES: len(drawn),
+                tracking.ANALYSIS_SECONDS: time.time() - started,
+            }
+        )
+    print(text)
+    print(
+        f"analysis {spec.name}: run {run.info.run_id}; {len(drawn)} figures; "
+        f"{store.cache.downloads} tables downloaded, {store.cache.hits} from the cache"
+    )
+    return mlflow.get_run(run.info.run_id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spec", default="analysis/quick.yaml", help="an analysis spec (YAML)")
+    parser.add_argument("--overrides", default="", help='e.g. "base_model=/path,tasks=[sst2]"')
+    args = parser.parse_args(argv)
+    spec = load_spec(args.spec, args.overrides)
+    os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")
+    store = server.store_uri()
+    try:
+        with server.through_server():
+            run = analyze(spec, Path(args.spec).read_text())
+    except MissingInput as error:
+        raise SystemExit(str(error)) from None
+    print(f"runs: {tracking.runs_page(store, run.info.experiment_id)}")
+
+
+if __name__ == "__main__":
+    main()

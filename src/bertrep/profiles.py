@@ -1,0 +1,318 @@
+"""The analysis's CKA tables, one row per number: profiles of each task, the Mean-CKA
+matrix and the forgetting series, computed from activation tables through the store's
+download cache.
+
+    rows = task_profiles(inputs)                 # identity, two seeds, failed run
+    cells, profiles = mean_cka_tables(inputs)
+    scores, rows = forgetting_tables(inputs, best)
+
+Every row carries the run ids, probe digest, estimator, n and widths it came from.
+Two tables are compared only after `activations.check_comparable`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bertrep import activations, tracking, transfer
+from bertrep.cka import cka_profiles
+from bertrep.collect import MissingInput, TrainRun
+from bertrep.forgetting import forgotten
+from bertrep.tables import BASE, Inputs, Missing, sweep_command
+from bertrep.tasks import get_task
+
+
+@lru_cache(maxsize=16)
+def _states(path: Path, hidden: tuple[int, ...]) -> np.ndarray:
+    return activations.read_states(path, list(hidden)).astype(np.float32)
+
+
+def _hidden(inputs: Inputs, run: TrainRun) -> tuple[int, ...]:
+    return tuple(range(0 if inputs.embeddings else 1, run.num_layers + 1))
+
+
+def profile_rows(
+    inputs: Inputs,
+    kind: str,
+    probe: str,
+    x: TrainRun,
+    y: TrainRun,
+    *,
+    step_x: int | None = None,
+    step_y: int | None = None,
+    **extra,
+) -> Iterator[dict]:
+    """Rows of the CKA profile of run x's hidden states (rows) against run y's (columns)
+    on `probe`'s probe set, one per (estimator, h_x, h_y)."""
+    path_x = inputs.store.activations(x, probe, step_x)
+    path_y = inputs.store.activations(y, probe, step_y)
+    activations.check_comparable(path_x, path_y)
+    hx, hy = _hidden(inputs, x), _hidden(inputs, y)
+    sx, sy = _states(path_x, hx), _states(path_y, hy)
+    meta = activations.read_meta(path_x)
+    for estimator, profile in cka_profiles(sx, sy, inputs.estimators).items():
+        for (i, a), (j, b) in itertools.product(enumerate(hx), enumerate(hy)):
+            yield {
+                "kind": kind,
+                "probe_task": probe,
+                "probe_digest": meta["probe_digest"],
+                "estimator": estimator,
+                "n": sx.shape[1],
+                "width_x": sx.shape[2],
+                "width_y": sy.shape[2],
+                "run_x": x.run_id,
+                "label_x": x.label,
+                "run_y": y.run_id,
+                "label_y": y.label,
+                "step_x": _step(path_x),
+                "step_y": _step(path_y),
+                "hidden_x": a,
+                "hidden_y": b,
+                "cka": float(profile[i, j]),
+                **extra,
+            }
+
+
+def _step(path: Path) -> int:
+    return int(activations.read_meta(path).get("step", -1))
+
+
+def task_profiles(inputs: Inputs) -> list[dict]:
+    """Per task on its own probe set: identity (seed 0 against itself), two seeds, and a
+    successful against a diverged run where the store has one."""
+    rows: list[dict] = []
+    for task in inputs.tasks:
+        ok, failed = inputs.full_fine_tuning(task), inputs.full_fine_tuning(task, diverged=True)
+        pairs = []
+        if ok:
+            pairs.append(("identity", ok[0], ok[0]))
+        if len(ok) >= 2:
+            pairs.append(("seeds", ok[0], ok[1]))
+        else:
+            inputs.missing.append(
+                Missing(
+                    "profile", f"{task}: two seeds of full fine-tuning", sweep_command("single")
+                )
+            )
+        if ok and failed:
+            same_seed = [r for r in ok if r.seed == failed[0].seed] or ok
+            pairs.append(("diverged", same_seed[0], failed[0]))
+        for kind, x, y in pairs:
+            rows += _guarded(inputs, profile_rows, inputs, kind, task, x, y, target=task)
+    return rows
+
+
+def _guarded(inputs: Inputs, build, *args, **kwargs) -> list[dict]:
+    """The rows `build` yields, or none with the missing input recorded."""
+    try:
+        return list(build(*args, **kwargs))
+    except MissingInput as error:
+        inputs.missing.append(Missing("activations", str(error), sweep_command("aufc")))
+        return []
+
+
+def source_models(inputs: Inputs, source: str) -> list[TrainRun]:
+    """The models a row of the Mean-CKA matrix compares: the pretrained model, or the
+    registered full fine-tuning runs of the source task."""
+    if source == BASE:
+        return inputs.pretrained()
+    return [r for r in inputs.full_fine_tuning(source) if r.registered_as]
+
+
+def mean_cka_tables(inputs: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cells, profiles): Mean-CKA(A→B) = 1 + mean over cells of (cross − self) on B's
+    probe set, cross over (source model, target seed) pairs of distinct runs, self over
+    pairs of distinct target seeds. On the diagonal (A = B) cross pairs are exactly the
+    self pairs, so the computed cell is 1: kept as computed, not forced."""
+    cells, profiles = [], []
+    for target in inputs.tasks:
+        targets = inputs.full_fine_tuning(target)
+        if len(targets) < 2:
+            inputs.missing.append(
+                Missing(
+                    "Mean-CKA",
+                    f"column {target}: needs two seeds of full fine-tuning",
+                    sweep_command("aufc"),
+                )
+            )
+            continue
+        self_rows = []
+        for a, b in itertools.combinations(targets, 2):
+            self_rows += _guarded(inputs, profile_rows, inputs, "self", target, a, b, target=target)
+        profiles += self_rows
+        for source in (*inputs.tasks, BASE):
+            models = source_models(inputs, source)
+            cross_rows = []
+            for m, t in itertools.product(models, targets):
+                if m.run_id != t.run_id:
+                    cross_rows += _guarded(
+                        inputs,
+                        profile_rows,
+                        inputs,
+                        "cross",
+                        target,
+                        m,
+                        t,
+                        source=source,
+                        target=target,
+                    )
+            if not cross_rows or not self_rows:
+                what = (
+                    "the pretrained model's extract run" if source == BASE else f"{source} sources"
+                )
+                inputs.missing.append(
+                    Missing(
+                        "Mean-CKA",
+                        f"{source}->{target}: {what} on {target}'s probe set",
+                        sweep_command("aufc"),
+                    )
+                )
+                continue
+            profiles += cross_rows
+            cells += _mean_cka_cells(source, target, models, cross_rows, self_rows)
+    return pd.DataFrame(cells), pd.DataFrame(profiles)
+
+
+def _mean_cka_cells(source, target, models, cross_rows, self_rows) -> list[dict]:
+    cross, self_ = pd.DataFrame(cross_rows), pd.DataFrame(self_rows)
+    out = []
+    for estimator, c in cross.groupby("estimator"):
+        s = self_[self_.estimator == estimator]
+        value = transfer.mean_cka(_stack(c), _stack(s))
+        out.append(
+            {
+                "source": source,
+                "target": target,
+                "estimator": estimator,
+                "value": value,
+                "cross_pairs": c.groupby(["run_x", "run_y"]).ngroups,
+                "self_pairs": s.groupby(["run_x", "run_y"]).ngroups,
+                "probe_digest": _one(c.probe_digest, f"{source}->{target} probe digests"),
+                "n": int(c.n.iloc[0]),
+                "source_versions": ",".join(m.registered_as for m in models),
+                "source_runs": ",".join(sorted(c.run_x.unique())),
+                "target_runs": ",".join(sorted(c.run_y.unique())),
+            }
+        )
+    return out
+
+
+def _stack(rows: pd.DataFrame) -> np.ndarray:
+    """(S, Lx, Ly) profiles of a frame of profile rows, one per (run_x, run_y) pair."""
+    out = []
+    for _, pair in rows.groupby(["run_x", "run_y"]):
+        table = pair.pivot(index="hidden_x", columns="hidden_y", values="cka")
+        out.append(table.to_numpy())
+    return np.stack(out)
+
+
+def _one(values: pd.Series, what: str):
+    unique = values.unique()
+    if len(unique) != 1:
+        raise ValueError(f"{what} mix {' and '.join(map(str, unique))}: never one matrix")
+    return unique[0]
+
+
+# --- forgetting ---
+
+
+def forgetting_tables(inputs: Inputs, best: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """(scores, profile rows) of every sequential and shuffled run: at each checkpoint of
+    the B phase both tasks' raw and normalized scores, and the profile of the model
+    against the one tuned on A alone (and, where registered, on B alone) on both probe
+    sets; its diagonal is each layer's drift."""
+    best_of = best.set_index("task")["best"].to_dict() if not best.empty else {}
+    scores, profiles = [], []
+    for run in [r for r in inputs.runs if r.mode in ("sequential", "shuffled")]:
+        a, b = run.source_task, run.task
+        steps = inputs.store.activation_steps(run.run_id, b)
+        span = max(int(float(run.params.get("max_steps", max(steps, default=1)))), 1)
+        pair = {"run_id": run.run_id, "mode": run.mode, "task_a": a, "task_b": b}
+        for role, task in (("A", a), ("B", b)):
+            scope = None if task == b else task
+            metric = get_task(task).metric
+            raw = inputs.store.history(run.run_id, tracking.eval_metric(metric, scope))
+            chance = inputs.store.history(run.run_id, tracking.eval_metric("chance", scope))
+            for step in steps:
+                value, c = raw.get(step, np.nan), chance.get(step, np.nan)
+                scores.append(
+                    {
+                        **pair,
+                        "step": step,
+                        "fraction": step / span,
+                        "scored": role,
+                        "task": task,
+                        "metric": metric,
+                        "score": value,
+                        "chance": c,
+                        "best": best_of.get(task, np.nan),
+                        "norm_score": transfer.normalize(
+                            value, c, best_of.get(task, np.nan), strict=False
+                        ),
+                    }
+                )
+        for reference, ref_run, ref_step in _references(inputs, run):
+            for step, probe in itertools.product(steps, (a, b)):
+                profiles += _guarded(
+                    inputs,
+                    profile_rows,
+                    inputs,
+                    "forgetting",
+                    probe,
+                    ref_run,
+                    run,
+                    step_x=ref_step,
+                    step_y=step,
+                    fraction=step / span,
+                    reference=reference,
+                    **pair,
+                )
+    return pd.DataFrame(scores), profiles
+
+
+def _references(inputs: Inputs, run: TrainRun) -> list[tuple[str, TrainRun, int | None]]:
+    """(role, run, step) of the models a two-task run is compared with: the model tuned
+    on A alone (a sequential run's own B-phase start; a shuffled run's reference model),
+    and for shuffled runs also the registered model tuned on B alone, where there is one."""
+    if run.mode == "sequential":
+        return [("A", run, 0)]
+    out = []
+    uri = run.params.get("reference_model", "")
+    if tracking.is_model_uri(uri):
+        out.append(("A", inputs.store.source_run(uri), None))
+    alone_b = [r for r in inputs.full_fine_tuning(run.task) if r.seed == run.seed]
+    alone_b = [r for r in alone_b if r.registered_as and r.root_model == run.root_model]
+    if alone_b:
+        out.append(("B", alone_b[0], None))
+    return out
+
+
+def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per two-task run and scored task: the normalized score at the first and last
+    checkpoint and what was lost (`forgotten`)."""
+    rows = []
+    if scores.empty:
+        return pd.DataFrame()
+    for (run_id, role), g in scores.groupby(["run_id", "scored"]):
+        g = g.sort_values("step")
+        norm = g.norm_score.to_numpy()
+        rows.append(
+            {
+                "run_id": run_id,
+                "mode": g["mode"].iloc[0],
+                "task_a": g.task_a.iloc[0],
+                "task_b": g.task_b.iloc[0],
+                "scored": role,
+                "task": g.task.iloc[0],
+                "first": norm[0],
+                "last": norm[-1],
+                "forgotten": forgotten(norm) if len(norm) >= 2 else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,293 @@
+"""The analysis stage: strict specs, then end to end on a store filled by the three smoke
+sweeps (tiny BERT, real subsampled data, real Ray, a real MLflow server): every table and
+figure, one Mean-CKA and one AuFC cell recomputed here by an independent path, a second
+analysis that downloads nothing, the missing-input report, and `figures` from the tables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import REPO
+from mlflow.tracking import MlflowClient
+
+from bertrep import env, sweep_runs, tracking
+from bertrep.analyze import load_spec, spec_from_dict
+from bertrep.plots import draw_matrix
+
+SPECS = sorted((REPO / "analysis").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_analysis_spec_parses(path):
+    spec = load_spec(path)
+    assert spec.name == path.stem and spec.tasks and spec.estimators[0] == "biased"
+    assert set(spec.sweeps) <= {"single", "aufc", "forgetting"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"nmae": "x"}, "unknown key 'nmae'"),
+        ({"sweeps": {"aufcc": ""}}, "unknown sweep kind 'aufcc'"),
+        ({"tasks": ["sst3"]}, "unknown task 'sst3'"),
+        ({"estimators": ["unbiased"]}, "estimators must be among"),
+        ({"aufc": {"grid": [0, 6], "endpoints": True}}, "unknown key 'endpoints' in aufc"),
+        ({"embeddings": "ture"}, "not a boolean"),
+    ],
+)
+def test_unknown_keys_and_bad_values_are_errors_naming_them(raw, message):
+    with pytest.raises(ValueError, match=message):
+        spec_from_dict({"name": "x", **raw})
+
+
+def test_missing_matrix_cells_are_hatched_and_labelled_never_filled():
+    frame = pd.DataFrame(
+        [[0.9, np.nan], [0.4, 0.7], [np.nan, 0.2]],
+        index=["sst2", "stsb", "base"],
+        columns=["sst2", "stsb"],
+    )
+    fig, ax = plt.subplots()
+    draw_matrix(ax, frame, title="t")
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert sorted((p.get_x(), p.get_y()) for p in hatched) == [(-0.5, 1.5), (0.5, -0.5)]
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["0.20", "0.40", "0.70", "0.90", "missing", "missing"]
+    assert np.ma.is_masked(ax.images[0].get_array()[0, 1])  # no colour under a missing cell
+    plt.close(fig)
+
+
+# --- end to end ---
+
+
+def _env(tmp: Path, data_dir: Path) -> dict[str, str]:
+    out = {
+        k: v for k, v in __import__("os").environ.items() if not k.startswith(("MLFLOW_", "RAY_"))
+    }
+    out[env.MLFLOW_TRACKING_URI] = f"{tracking.SQLITE_URI}{tmp / 'mlflow.db'}"
+    out[env.DATA_DIR] = str(data_dir)
+    out[env.CACHE_DIR] = str(tmp / "cache")
+    return out
+
+
+def _run(cmd: list[str], store: dict, cwd: Path) -> str:
+    done = subprocess.run(cmd, env=store, cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-4000:])
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model, data_dir, tmp_path_factory):
+    """The smoke study in one store: the three smoke sweeps, then one analysis."""
+    tmp = tmp_path_factory.mktemp("study")
+    store = _env(tmp, data_dir)
+    for kind in ("single", "aufc", "forgetting"):
+        spec = REPO / "sweeps" / "smoke" / f"{kind}.yaml"
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "bertrep.sweep",
+                "--spec",
+                str(spec),
+                "--overrides",
+                f"base_model={tiny_model}",
+            ],
+            store,
+            tmp,
+        )
+    out = _run(
+        [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")],
+        store,
+        tmp,
+    )
+    mlflow.set_tracking_uri(store[env.MLFLOW_TRACKING_URI])
+    return {"env": store, "tmp": tmp, "stdout": out, "run": _newest_analysis()}
+
+
+def _newest_analysis():
+    query = f"tags.`{tracking.KIND}` = '{tracking.ANALYSIS_KIND}'"
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=query,
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    return runs[0]
+
+
+def _tables(run_id: str, tmp: Path) -> dict[str, Path]:
+    folder = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=tracking.TABLES_DIR, dst_path=str(tmp)
+    )
+    return {p.stem: p for p in Path(folder).glob("*.parquet")}
+
+
+def _linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Kornblith et al.'s Gram-space form, written out: HSIC(K, L) / sqrt(HSIC(K,K) HSIC(L,L))."""
+    n = len(x)
+    h = np.eye(n) - np.ones((n, n)) / n
+    k, l_ = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
+    return float((k * l_).sum() / np.sqrt((k * k).sum() * (l_ * l_).sum()))
+
+
+def _table(run_id: str, probe: str, tmp: Path) -> np.ndarray:
+    files = MlflowClient().list_artifacts(run_id, f"activations/{probe}")
+    last = max(files, key=lambda f: int(f.path.rsplit("_", 1)[1].split(".")[0])).path
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=last, dst_path=str(tmp / run_id)
+    )
+    table = pq.read_table(local)
+    width = table.schema.field("layer_1").type.list_size
+    return np.stack(
+        [table[f"layer_{h}"].combine_chunks().values.to_numpy().reshape(-1, width) for h in (1, 2)]
+    ).astype(np.float64)
+
+
+@pytest.mark.slow
+def test_analysis_holds_every_table_and_figure(study, tmp_path):
+    run = study["run"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.RUN_NAME] == "analysis smoke"
+    assert set(run.data.tags[tracking.ANALYSIS_SWEEPS].split(",")) == {
+        f"{k}={v}" for k, v in _sweep_ids().items()
+    }
+    tables = _tables(run.info.run_id, tmp_path)
+    expected = {
+        "runs",
+        "best",
+        "scores",
+        "aufc",
+        "aufc_seeds",
+        "transfer_k0",
+        "mean_cka",
+        "profiles",
+        "forgetting",
+        "forgetting_cka",
+        "forgetting_summary",
+        "transferability",
+        "correlation",
+        "missing",
+    }
+    assert expected <= set(tables)
+    for path in tables.values():
+        pq.read_table(path)  # pyarrow alone reads every table
+    figures = {
+        f.path.rsplit("/", 1)[1]
+        for f in MlflowClient().list_artifacts(run.info.run_id, tracking.FIGURES_DIR)
+    }
+    for name in (
+        "cka_identity",
+        "cka_seeds",
+        "cka_diverged",
+        "mean_cka_biased",
+        "mean_cka_debiased",
+        "transfer_k0",
+        "aufc",
+        "freezing_curves",
+        "mean_cka_vs_aufc",
+        "forgetting_asymmetry",
+        "shuffled_sst2_pos",
+        "domains_sst2_pos",
+    ):
+        assert {f"{name}.png", f"{name}.pdf"} <= figures, name
+    summary = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{tracking.ANALYSIS_SUMMARY}")
+    assert "## Mean-CKA (biased linear CKA)" in summary and "## AuFC" in summary
+
+
+def _sweep_ids() -> dict[str, str]:
+    query = f"tags.`{tracking.KIND}` = '{tracking.SWEEP_KIND}'"
+    out = {}
+    for r in mlflow.search_runs(
+        search_all_experiments=True, filter_string=query, output_format="list"
+    ):
+        out[sweep_runs.sweep_kind(r)] = r.info.run_id
+    return out
+
+
+@pytest.mark.slow
+def test_one_mean_cka_and_one_aufc_cell_recomputed_independently(study, tmp_path):
+    tables = {k: pd.read_parquet(v) for k, v in _tables(study["run"].info.run_id, tmp_path).items()}
+    runs = tables["runs"]
+    full = runs[
+        (runs["mode"] == "single")
+        & (runs.source_task == "base")
+        & (runs.frozen_layers == 0)
+        & ~runs.diverged
+    ]
+    # Mean-CKA(base -> stsb): the pretrained model against each stsb seed, minus stsb's
+    # seed 0 against seed 1, on stsb's probe set, blocks 1..L.
+    targets = full[full.task == "stsb"].sort_values("seed").run_id.tolist()
+    (pretrained,) = runs[runs["mode"] == "extract"].run_id
+    states = {r: _table(r, "stsb", tmp_path) for r in [pretrained, *targets]}
+    profile = lambda a, b: np.array([[_linear_cka(x, y) for y in states[b]] for x in states[a]])  # noqa: E731
+    cross = np.mean([profile(pretrained, t) for t in targets], axis=0)
+    self_ = profile(targets[0], targets[1])
+    expected = 1 + np.mean(cross - self_)
+    mc = tables["mean_cka"]
+    cell = mc[(mc.source == "base") & (mc.target == "stsb") & (mc.estimator == "biased")]
+    assert cell.value.iloc[0] == pytest.approx(expected, abs=1e-6)
+    # AuFC(sst2 -> stsb) from raw final scores: best_B is the mean k = 0 base score.
+    client = MlflowClient()
+    final = lambda r: client.get_run(r).data.metrics[tracking.FINAL_SCORE]  # noqa: E731
+    best = np.mean([final(r) for r in targets])
+    transfer = runs[
+        (runs.task == "stsb") & (runs.source_task == "sst2") & (runs["mode"] == "single")
+    ]
+    values = []
+    for _, seed_runs in transfer.groupby("seed"):
+        by_k = seed_runs.set_index("frozen_layers").sort_index()
+        y = np.array([final(r) for r in by_k.run_id]) / best  # STS-B chance is 0
+        x = by_k.index.to_numpy() / 2  # L = 2 blocks
+        values.append(np.trapezoid(y, x))
+    au = tables["aufc"]
+    cell = au[(au.source == "sst2") & (au.target == "stsb") & (au.variant == "aufc")]
+    assert cell.value.iloc[0] == pytest.approx(np.mean(values), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_missing_inputs_are_listed_with_their_command_and_left_empty(study, tmp_path):
+    tables = {k: pd.read_parquet(v) for k, v in _tables(study["run"].info.run_id, tmp_path).items()}
+    missing = tables["missing"]
+    # the smoke store has one seed of POS: no self-similarity, so no Mean-CKA column
+    pos = missing[missing.detail.str.contains("pos")]
+    assert len(pos) and pos.command.str.startswith("mlflow run . -e sweep_").all()
+    assert not (tables["mean_cka"].target == "pos").any()  # absent, never made up
+    assert "## Missing inputs" in study["stdout"]
+
+
+@pytest.mark.slow
+def test_second_analysis_downloads_nothing_and_figures_redraw_from_tables(study, tmp_path):
+    store, tmp = study["env"], study["tmp"]
+    first = study["run"]
+    assert first.data.metrics[tracking.ANALYSIS_DOWNLOADS] > 0
+    _run(
+        [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")],
+        store,
+        tmp,
+    )
+    second = _newest_analysis()
+    assert second.info.run_id != first.info.run_id
+    assert second.data.metrics[tracking.ANALYSIS_DOWNLOADS] == 0
+    assert second.data.metrics[tracking.ANALYSIS_CACHE_HITS] > 0
+    out = tmp_path / "figures"
+    _run(
+        [sys.executable, "-m", "bertrep.figures", "--run_id", first.info.run_id, "--out", str(out)],
+        store,
+        tmp,
+    )
+    assert (out / "aufc.png").stat().st_size > 10_000 and (out / "cka_seeds.pdf").exists()
+
+
+def test_mlproject_has_the_analysis_entry_points():
+    entries = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    assert set(entries["analyze"]["parameters"]) == {"spec", "overrides"}
+    assert set(entries["figures"]["parameters"]) == {"run_id", "out"}
