@@ -65,14 +65,16 @@ sweep-smoke: install
 	$(BIN)/mlflow run . -e sweep_aufc --env-manager local -P spec=sweeps/smoke/aufc.yaml \
 		-P overrides="$(OVERRIDES)"
 
-# The analysis stage (src/bertrep/analyze.py): ANALYSIS spec (default analysis/quick.yaml),
-# then `make figures` redraws every figure of the newest analysis run (RUN_ID= another)
-# into figures/ from its logged tables alone.
+# The analysis stage (src/bertrep/analyze.py): ANALYSIS spec (default analysis/quick.yaml)
+# with ANALYSIS_OVERRIDES ("base_model=/path,sweeps.aufc=NAME"); then `make figures`
+# redraws every figure of the newest analysis run (RUN_ID= another) into figures/ from
+# its logged tables alone.
 ANALYSIS ?= analysis/quick.yaml
+ANALYSIS_OVERRIDES ?=
 RUN_ID ?=
 analyze: install
 	$(BIN)/mlflow run . -e analyze --env-manager local -P spec=$(ANALYSIS) \
-		-P overrides="$(OVERRIDES)"
+		-P overrides="$(ANALYSIS_OVERRIDES)"
 
 figures: install
 	$(BIN)/python -m bertrep.figures --out figures $(if $(RUN_ID),--run_id $(RUN_ID))

@@ -30,7 +30,14 @@ SPECS = sorted((REPO / "analysis").glob("*.yaml"))
 def test_every_shipped_analysis_spec_parses(path):
     spec = load_spec(path)
     assert spec.name == path.stem and spec.tasks and spec.estimators[0] == "biased"
-    assert set(spec.sweeps) <= {"single", "aufc", "forgetting"}
+    assert set(spec.sweeps) == {"single", "aufc", "forgetting"}
+    # it names the shipped sweeps of its setting, and its AuFC grid is theirs
+    for kind, name in spec.sweeps.items():
+        sweep = yaml.safe_load((REPO / "sweeps" / path.stem / f"{kind}.yaml").read_text())
+        assert sweep["name"] == name and sweep["kind"] == kind
+    aufc = yaml.safe_load((REPO / "sweeps" / path.stem / "aufc.yaml").read_text())
+    ks = {k for g in aufc["grid"] for k in np.atleast_1d(g.get("frozen_layers", []))}
+    assert set(spec.aufc.grid) <= ks and spec.aufc.require_endpoints
 
 
 @pytest.mark.parametrize(
@@ -195,8 +202,8 @@ def test_analysis_holds_every_table_and_figure(study, tmp_path):
         "freezing_curves",
         "mean_cka_vs_aufc",
         "forgetting_asymmetry",
-        "shuffled_sst2_pos",
-        "domains_sst2_pos",
+        "shuffled_sst2_pos_proportional_seed0",
+        "domains_sst2_pos_seed0",
     ):
         assert {f"{name}.png", f"{name}.pdf"} <= figures, name
     summary = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{tracking.ANALYSIS_SUMMARY}")
@@ -235,33 +242,43 @@ def test_one_mean_cka_and_one_aufc_cell_recomputed_independently(study, tmp_path
     mc = tables["mean_cka"]
     cell = mc[(mc.source == "base") & (mc.target == "stsb") & (mc.estimator == "biased")]
     assert cell.value.iloc[0] == pytest.approx(expected, abs=1e-6)
-    # AuFC(sst2 -> stsb) from raw final scores: best_B is the mean k = 0 base score.
+    # AuFC from raw final scores, best_B the mean k = 0 score from the pretrained model:
+    # sst2 -> stsb (chance 0, Pearson) and base -> sst2 (chance the majority class)
     client = MlflowClient()
-    final = lambda r: client.get_run(r).data.metrics[tracking.FINAL_SCORE]  # noqa: E731
-    best = np.mean([final(r) for r in targets])
-    transfer = runs[
-        (runs.task == "stsb") & (runs.source_task == "sst2") & (runs["mode"] == "single")
-    ]
-    values = []
-    for _, seed_runs in transfer.groupby("seed"):
-        by_k = seed_runs.set_index("frozen_layers").sort_index()
-        y = np.array([final(r) for r in by_k.run_id]) / best  # STS-B chance is 0
-        x = by_k.index.to_numpy() / 2  # L = 2 blocks
-        values.append(np.trapezoid(y, x))
+    metric = lambda r, key: client.get_run(r).data.metrics[key]  # noqa: E731
     au = tables["aufc"]
-    cell = au[(au.source == "sst2") & (au.target == "stsb") & (au.variant == "aufc")]
-    assert cell.value.iloc[0] == pytest.approx(np.mean(values), abs=1e-9)
+    for source, target in (("sst2", "stsb"), ("base", "sst2")):
+        bests = full[full.task == target].run_id
+        best = np.mean([metric(r, tracking.FINAL_SCORE) for r in bests])
+        grid = runs[
+            (runs.task == target) & (runs.source_task == source) & (runs["mode"] == "single")
+        ]
+        grid = grid[grid.run_id.isin(bests) | (grid.frozen_layers > 0) | (source != "base")]
+        values = []
+        for _, seed_runs in grid.groupby("seed"):
+            by_k = seed_runs.set_index("frozen_layers").sort_index()
+            chance = metric(by_k.run_id.iloc[0], tracking.CHANCE)
+            raw = np.array([metric(r, tracking.FINAL_SCORE) for r in by_k.run_id])
+            x = by_k.index.to_numpy() / 2  # L = 2 blocks
+            values.append(np.trapezoid((raw - chance) / (best - chance), x))
+        cell = au[(au.source == source) & (au.target == target) & (au.variant == "aufc")]
+        assert cell.value.item() == pytest.approx(np.mean(values), abs=1e-9), (source, target)
+        assert cell.seeds.item() == 2
 
 
 @pytest.mark.slow
 def test_missing_inputs_are_listed_with_their_command_and_left_empty(study, tmp_path):
     tables = {k: pd.read_parquet(v) for k, v in _tables(study["run"].info.run_id, tmp_path).items()}
-    missing = tables["missing"]
+    missing = tables["missing"].set_index(["what", "detail"]).command
     # the smoke store has one seed of POS: no self-similarity, so no Mean-CKA column
-    pos = missing[missing.detail.str.contains("pos")]
-    assert len(pos) and pos.command.str.startswith("mlflow run . -e sweep_").all()
+    column = ("Mean-CKA", "column pos: needs two seeds of full fine-tuning")
+    assert missing[column].startswith("mlflow run . -e sweep_aufc")
     assert not (tables["mean_cka"].target == "pos").any()  # absent, never made up
-    assert "## Missing inputs" in study["stdout"]
+    # no pos transfer runs at all: each empty AuFC cell is listed, none filled
+    assert ("AuFC", "sst2->pos: no runs") in missing.index
+    assert not (tables["aufc"].target == "pos").any()
+    summary = study["stdout"]
+    assert "## Missing inputs" in summary and "None: every cell was computed" not in summary
 
 
 @pytest.mark.slow

@@ -160,7 +160,12 @@ def test_a_crashing_run_ends_failed(tiny_model, data_dir, mlflow_store, tmp_path
     )
     cfg = small(tiny_model, tmp_path, task="rte", probe_tasks="rte,sst2")  # no sst2 data there
     with pytest.raises(FileNotFoundError, match="no sst2 validation file"):
-        run(cfg, QUIET)
+        run(cfg, QUIET)  # found before anything is recorded: the run's key reads every file
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\na film\tmaybe\n")
+    with pytest.raises(ValueError, match="dev.tsv.*maybe"):
+        run(cfg, QUIET)  # the probe set's split is read inside the run: it ends FAILED
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]
 

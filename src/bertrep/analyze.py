@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -38,6 +39,7 @@ from bertrep.profiles import (
     mean_cka_tables,
     task_profiles,
 )
+from bertrep.spec import parse_overrides
 from bertrep.tables import (
     AufcRule,
     Inputs,
@@ -45,6 +47,7 @@ from bertrep.tables import (
     aufc_tables,
     best_scores,
     matrix,
+    sweep_command,
     transfer_k0,
     transfer_scores,
 )
@@ -110,20 +113,18 @@ def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
 
 
 def load_spec(path: str | Path, overrides: str = "") -> AnalysisSpec:
-    """Read a spec; `overrides` "base_model=/path,sweeps.aufc=smoke-aufc" sets keys."""
+    """Read a spec; `overrides` "base_model=/path,sweeps.aufc=smoke-aufc,tasks=[sst2,pos]"
+    sets keys (dotted keys set nested ones, values are YAML)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"analysis spec {path} does not exist")
     raw = yaml.safe_load(path.read_text()) or {}
-    for item in filter(None, (i.strip() for i in (overrides or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        *parents, last = key.strip().split(".")
+    for key, value in parse_overrides(overrides).items():
+        *parents, last = key.split(".")
         place = raw
         for part in parents:
             place = place.setdefault(part, {})
-        place[last] = yaml.safe_load(value)
+        place[last] = value
     return spec_from_dict(raw, str(path))
 
 
@@ -134,7 +135,7 @@ def collect(spec: AnalysisSpec, store: Store) -> tuple[dict[str, str], list[Trai
         try:
             parent = store.sweep(kind, ref)
         except MissingInput as error:
-            missing.append(Missing("sweep", str(error), _command(kind)))
+            missing.append(Missing("sweep", str(error), sweep_command(kind)))
             continue
         parents[kind] = parent.info.run_id
         for run in store.sweep_runs(parent):
@@ -144,13 +145,9 @@ def collect(spec: AnalysisSpec, store: Store) -> tuple[dict[str, str], list[Trai
         raise MissingInput(
             f"analysis {spec.name}: no finished training runs in the sweeps it names "
             f"({named}); "
-            f"run a sweep first, e.g. {_command('aufc')}"
+            f"run a sweep first, e.g. {sweep_command('aufc')}"
         )
     return parents, _one_base_model(spec, list(runs.values())), missing
-
-
-def _command(kind: str) -> str:
-    return f"mlflow run . -e sweep_{kind} --env-manager local -P spec=sweeps/quick/{kind}.yaml"
 
 
 def _one_base_model(spec: AnalysisSpec, runs: list[TrainRun]) -> list[TrainRun]:
@@ -185,10 +182,29 @@ def compute(inputs: Inputs, rule: AufcRule) -> dict[str, pd.DataFrame]:
     out["forgetting_cka"] = pd.DataFrame(forgetting_rows)
     out["forgetting_summary"] = forgetting_summary(out["forgetting"])
     out["transferability"], out["correlation"] = _comparisons(inputs, out)
+    _missing_cells(inputs, out)
     out["missing"] = pd.DataFrame(
         [dataclasses.asdict(m) for m in inputs.missing], columns=["what", "detail", "command"]
     ).drop_duplicates()
     return out
+
+
+def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:
+    """List every empty cell of a headline matrix that nothing listed yet explains."""
+    headline = {
+        "Mean-CKA": matrix(out["mean_cka"], inputs.tasks, estimator=inputs.estimators[0]),
+        "AuFC": matrix(out["aufc"], inputs.tasks, variant="aufc"),
+        "transfer k=0": matrix(out["transfer_k0"], inputs.tasks),
+    }
+    for name, frame in headline.items():
+        said = " ".join(f"{m.detail} " for m in inputs.missing if m.what == name)
+        for source, target in frame.stack(future_stack=True).index:
+            explained = f"{source}->{target}" in said or f"column {target}:" in said
+            if np.isfinite(frame.loc[source, target]) or explained:
+                continue
+            why = "source = target: not in the sweep's grid" if source == target else "no runs"
+            detail = f"{source}->{target}: {why}"
+            inputs.missing.append(Missing(name, detail, sweep_command("aufc")))
 
 
 def _run_row(run: TrainRun) -> dict:
@@ -248,11 +264,21 @@ def _comparisons(inputs: Inputs, out: dict) -> tuple[pd.DataFrame, pd.DataFrame]
     return pd.DataFrame(rows), pd.DataFrame(corr)
 
 
+def _experiment(spec: AnalysisSpec, parents: dict[str, str], store: Store) -> str:
+    """Where the analysis run goes: under `mlflow run` its own run ("": MLflow resumes
+    it); else the spec's experiment, else the experiment of the sweeps it read."""
+    if os.environ.get(env.MLFLOW_RUN_ID):
+        return ""
+    if spec.experiment:
+        return spec.experiment
+    first = store.client.get_run(next(iter(parents.values())))
+    return store.client.get_experiment(first.info.experiment_id).name
+
+
 def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
     """Run the whole analysis and log it; returns the analysis run."""
     started = time.time()
-    experiment = spec.experiment or tracking.default_experiment()
-    store = Store(experiment)
+    store = Store(spec.experiment)
     parents, runs, missing = collect(spec, store)
     inputs = Inputs(runs, store, spec.tasks, spec.estimators, spec.embeddings, missing)
     tags = {
@@ -261,7 +287,7 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
         tracking.ANALYSIS_SWEEPS: ",".join(f"{k}={v}" for k, v in parents.items()),
         tracking.RUN_NAME: f"analysis {spec.name}",
     }
-    with tracking.start_run(experiment, tags=tags) as run:
+    with tracking.start_run(_experiment(spec, parents, store), tags=tags) as run:
         tables = compute(inputs, spec.aufc)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -269,7 +295,7 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
             text = summary.markdown(spec, tables, parents)
             mlflow.log_text(text, tracking.ANALYSIS_SUMMARY)
             mlflow.log_text(
-                spec_text or yaml.safe_dump(dataclasses.asdict(spec)), tracking.ANALYSIS_SPEC
+                spec_text or json.dumps(dataclasses.asdict(spec), indent=1), tracking.ANALYSIS_SPEC
             )
             drawn = figures.draw_all(tables, folder / "figures", spec.tasks)
             mlflow.log_artifacts(str(folder / "figures"), tracking.FIGURES_DIR)

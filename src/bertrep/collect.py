@@ -70,16 +70,22 @@ def _int(tags: dict, key: str, default: int = 0) -> int:
 
 
 class Store:
-    """Queries on one tracking store (MLflow's current tracking URI), paginated."""
+    """Queries on one tracking store (MLflow's current tracking URI), paginated: in one
+    experiment, or with none named in every active one (`mlflow run` without
+    --experiment-name logs sweeps to MLflow's Default experiment)."""
 
-    def __init__(self, experiment: str, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, experiment: str = "", cache_dir: str | Path | None = None) -> None:
         self.client = MlflowClient()
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            raise MissingInput(
-                f"experiment {experiment!r} does not exist in {mlflow.get_tracking_uri()}"
-            )
-        self.experiment_id = found.experiment_id
+        if experiment:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                raise MissingInput(
+                    f"experiment {experiment!r} does not exist in {mlflow.get_tracking_uri()}"
+                )
+            self.experiment_ids = [found.experiment_id]
+        else:
+            self.experiment_ids = [e.experiment_id for e in self.client.search_experiments()]
+        self.where = f"experiment {experiment!r}" if experiment else "any experiment"
         root = Path(cache_dir or env.cache_root()) / "activations"
         self.cache = ArtifactCache(root)
         self._versions: dict[str, dict] = {}
@@ -88,7 +94,7 @@ class Store:
 
     def search(self, query: str, experiment_ids: list[str] | None = None) -> list[Run]:
         """Every run matching `query`, all pages (a paper store holds 600+ runs)."""
-        ids = experiment_ids or [self.experiment_id]
+        ids = experiment_ids or self.experiment_ids
         out, token = [], None
         while True:
             page = self.client.search_runs(
@@ -108,17 +114,25 @@ class Store:
         or with no ref the newest finished sweep of `kind`."""
         if ref and len(ref) == 32 and all(c in "0123456789abcdef" for c in ref):
             try:
-                return self.client.get_run(ref)
+                run = self.client.get_run(ref)
             except mlflow.exceptions.MlflowException:
                 raise MissingInput(f"sweep run {ref} does not exist") from None
-        query = (
-            f"tags.`{tracking.KIND}` = '{tracking.SWEEP_KIND}' and attributes.status = 'FINISHED'"
-        )
-        query += f" and tags.`{tracking.SWEEP_NAME}` = '{ref}'" if ref else ""
-        runs = [r for r in self.search(query) if ref or sweep_runs.sweep_kind(r) == kind]
+            if run.data.tags.get(tracking.KIND) != tracking.SWEEP_KIND:
+                raise MissingInput(f"run {ref} is not a sweep's parent run")
+            runs = [run] if run.info.status == "FINISHED" else []
+        else:
+            query = (
+                f"tags.`{tracking.KIND}` = '{tracking.SWEEP_KIND}' "
+                "and attributes.status = 'FINISHED'"
+            )
+            query += f" and tags.`{tracking.SWEEP_NAME}` = '{ref}'" if ref else ""
+            runs = self.search(query)
+        runs = [r for r in runs if sweep_runs.sweep_kind(r) in (kind, "")]  # "": older sweeps
         if not runs:
-            what = f"named {ref!r}" if ref else f"of kind {kind}"
-            raise MissingInput(f"no finished sweep {what} in experiment {self.experiment_id}")
+            what = f"{ref!r}" if ref else ""
+            raise MissingInput(
+                f"no finished {kind} sweep {what} in {self.where}".replace("  ", " ")
+            )
         return runs[0]
 
     def sweep_runs(self, parent: Run) -> list[TrainRun]:
@@ -129,8 +143,16 @@ class Store:
             query = f"tags.`{tracking.PARENT_RUN}` = '{parent.info.run_id}'"
             runs = self.search(query + " and attributes.status = 'FINISHED'")
         else:
-            runs = [self.client.get_run(i) for i in ids]
+            runs = [r for i in ids if (r := self._active(i)) is not None]
         return [self.train_run(r) for r in runs if r.info.status == "FINISHED"]
+
+    def _active(self, run_id: str) -> Run | None:
+        """A run that still exists and is not deleted, else None."""
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
 
     def sweep_run_ids(self, parent: Run) -> list[str] | None:
         """The run of each of a sweep's configs, as the sweep listed them (None: no list)."""

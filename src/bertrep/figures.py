@@ -15,6 +15,7 @@ targets as columns, values written in the cells and missing cells hatched and la
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -82,23 +83,26 @@ def matrix_figure(
     label: str = "",
     vmin=None,
     vmax=None,
+    digits: int = 2,
 ) -> list[Path]:
     fig, ax = plt.subplots(figsize=(1.25 * frame.shape[1] + 2.4, 0.9 * frame.shape[0] + 1.3))
-    image = draw_matrix(ax, frame, title=title, vmin=vmin, vmax=vmax)
-    fig.colorbar(image, ax=ax, label=label, shrink=0.85)
+    image = draw_matrix(ax, frame, title=title, vmin=vmin, vmax=vmax, digits=digits)
+    bar = fig.colorbar(image, ax=ax, label=label, shrink=0.85)
+    bar.formatter.set_useOffset(False)
     return save(fig, folder, name)
 
 
 def matrix_figures(tables: dict, folder: Path, tasks) -> list[Path]:
     out = []
     mc = tables["mean_cka"]
-    for e in sorted(set(mc.estimator)) if len(mc) else []:
+    for e in dict.fromkeys(mc.estimator) if len(mc) else []:  # the headline first
         out += matrix_figure(
             matrix(mc, tasks, estimator=e),
             f"Mean-CKA ({e} linear CKA)",
             folder,
             f"mean_cka_{e}",
             label="Mean-CKA",
+            digits=3,
         )
     out += matrix_figure(
         matrix(tables["transfer_k0"], tasks),
@@ -113,6 +117,13 @@ def matrix_figures(tables: dict, folder: Path, tasks) -> list[Path]:
         folder,
         "aufc",
         label="AuFC",
+    )
+    out += matrix_figure(
+        matrix(tables["aufc"], tasks, variant="aufc_paper"),
+        "AuFC as the original code computed it (aufc_paper: k = 1..L at x = (k − 1)/L)",
+        folder,
+        "aufc_paper",
+        label="aufc_paper",
     )
     return out
 
@@ -222,10 +233,14 @@ def redraw(run_id: str, out: Path) -> list[Path]:
         tables = collect.read_tables(run.info.run_id, Path(tmp))
     tasks = [t for t in NAMES if t != "base" and (tables["runs"].task == t).any()]
     order = yaml_tasks(run) or tasks
-    drawn = draw_all(tables, out, order)
-    collect.MlflowClient().log_artifacts(run.info.run_id, str(out), tracking.FIGURES_DIR)
+    with tempfile.TemporaryDirectory() as tmp:  # log what this call drew, nothing older
+        drawn = draw_all(tables, Path(tmp), order)
+        collect.MlflowClient().log_artifacts(run.info.run_id, tmp, tracking.FIGURES_DIR)
+        out.mkdir(parents=True, exist_ok=True)
+        for path in drawn:
+            shutil.copy2(path, out / path.name)
     print(f"{len(drawn)} files in {out.resolve()} (and in run {run.info.run_id})")
-    return drawn
+    return [out / p.name for p in drawn]
 
 
 def yaml_tasks(run) -> list[str]:

@@ -26,10 +26,11 @@ def forgetting_figures(tables: dict, folder: Path, tasks) -> list[Path]:
     if scores.empty:
         return []
     out = []
-    seq = scores[scores["mode"] == "sequential"]
+    seq = scores[scores["mode"] == "sequential"].sort_values("seed")
     runs = list(dict.fromkeys(seq.run_id))
-    if runs:
-        out += _asymmetry(scores, cka, runs, folder)
+    first_seed = list(dict.fromkeys(seq.drop_duplicates(["task_a", "task_b"]).run_id))
+    if first_seed:  # one row per pair (its first seed): SST-2→POS beside POS→SST-2
+        out += _asymmetry(scores, cka, first_seed, folder)
     for run_id in dict.fromkeys(scores[scores["mode"] == "shuffled"].run_id):
         out += _shuffled(scores, cka, run_id, folder)
     for run_id in runs:
@@ -61,6 +62,8 @@ def _asymmetry(scores, cka, runs, folder) -> list[Path]:
             continue
         a = sel.task_a.iloc[0]
         on_a = sel[sel.probe_task == a]
+        if on_a.empty:
+            continue
         steps = sorted(on_a.step_y.unique())
         picks = [steps[min(len(steps) - 1, i)] for i in (1, len(steps) // 2, len(steps) - 1)]
         for ax, step in zip(row_axes[1:], picks, strict=True):
@@ -110,7 +113,8 @@ def _shuffled(scores, cka, run_id, folder) -> list[Path]:
     if image is not None:
         fig.colorbar(image, ax=axes[:, 1:].ravel().tolist(), label="linear CKA", shrink=0.8)
     fig.suptitle(f"Shuffled {name(a)} + {name(b)}: where the representation lands", y=1.01)
-    return save(fig, folder, f"shuffled_{a}_{b}")
+    run = scores[scores.run_id == run_id].iloc[0]
+    return save(fig, folder, f"shuffled_{a}_{b}_{run.sampling}_seed{run.seed}")
 
 
 def _domains(scores, cka, run_id, folder) -> list[Path]:
@@ -136,4 +140,4 @@ def _domains(scores, cka, run_id, folder) -> list[Path]:
     axes[0].set_ylabel("CKA against the A-tuned model, same layer")
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle(f"{name(a)}→{name(b)}: old vs new domain over training", y=1.03)
-    return save(fig, folder, f"domains_{a}_{b}")
+    return save(fig, folder, f"domains_{a}_{b}_seed{sel.seed.iloc[0]}")

@@ -33,8 +33,13 @@ def _states(path: Path, hidden: tuple[int, ...]) -> np.ndarray:
     return activations.read_states(path, list(hidden)).astype(np.float32)
 
 
-def _hidden(inputs: Inputs, run: TrainRun) -> tuple[int, ...]:
-    return tuple(range(0 if inputs.embeddings else 1, run.num_layers + 1))
+# Mean-CKA is defined over blocks 1..L whatever the profiles show (DESIGN.md).
+BLOCKS_ONLY = ("cross", "self")
+
+
+def _hidden(inputs: Inputs, run: TrainRun, kind: str) -> tuple[int, ...]:
+    first = 0 if inputs.embeddings and kind not in BLOCKS_ONLY else 1
+    return tuple(range(first, run.num_layers + 1))
 
 
 def profile_rows(
@@ -52,8 +57,14 @@ def profile_rows(
     on `probe`'s probe set, one per (estimator, h_x, h_y)."""
     path_x = inputs.store.activations(x, probe, step_x)
     path_y = inputs.store.activations(y, probe, step_y)
-    activations.check_comparable(path_x, path_y)
-    hx, hy = _hidden(inputs, x), _hidden(inputs, y)
+    try:
+        activations.check_comparable(path_x, path_y)
+    except activations.TableError as error:
+        raise activations.TableError(
+            f"{x.label} ({x.run_id}) and {y.label} ({y.run_id}) on the {probe} probe set "
+            f"cannot be compared: {error}"
+        ) from None
+    hx, hy = _hidden(inputs, x, kind), _hidden(inputs, y, kind)
     sx, sy = _states(path_x, hx), _states(path_y, hy)
     meta = activations.read_meta(path_x)
     for estimator, profile in cka_profiles(sx, sy, inputs.estimators).items():
@@ -104,17 +115,20 @@ def task_profiles(inputs: Inputs) -> list[dict]:
             same_seed = [r for r in ok if r.seed == failed[0].seed] or ok
             pairs.append(("diverged", same_seed[0], failed[0]))
         for kind, x, y in pairs:
-            rows += _guarded(inputs, profile_rows, inputs, kind, task, x, y, target=task)
+            rows += _guarded(inputs, "single", profile_rows, inputs, kind, task, x, y, target=task)
     return rows
 
 
-def _guarded(inputs: Inputs, build, *args, **kwargs) -> list[dict]:
-    """The rows `build` yields, or none with the missing input recorded."""
+def _guarded(inputs: Inputs, sweep: str, build, *args, **kwargs) -> list[dict]:
+    """The rows `build` yields, or none with what was missing (or incomparable) recorded
+    beside the `sweep` kind that produces it."""
     try:
         return list(build(*args, **kwargs))
     except MissingInput as error:
-        inputs.missing.append(Missing("activations", str(error), sweep_command("aufc")))
-        return []
+        inputs.missing.append(Missing("activations", str(error), sweep_command(sweep)))
+    except activations.TableError as error:
+        inputs.missing.append(Missing("comparable tables", str(error), sweep_command(sweep)))
+    return []
 
 
 def source_models(inputs: Inputs, source: str) -> list[TrainRun]:
@@ -144,7 +158,9 @@ def mean_cka_tables(inputs: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         self_rows = []
         for a, b in itertools.combinations(targets, 2):
-            self_rows += _guarded(inputs, profile_rows, inputs, "self", target, a, b, target=target)
+            self_rows += _guarded(
+                inputs, "aufc", profile_rows, inputs, "self", target, a, b, target=target
+            )
         profiles += self_rows
         for source in (*inputs.tasks, BASE):
             models = source_models(inputs, source)
@@ -153,6 +169,7 @@ def mean_cka_tables(inputs: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
                 if m.run_id != t.run_id:
                     cross_rows += _guarded(
                         inputs,
+                        "aufc",
                         profile_rows,
                         inputs,
                         "cross",
@@ -182,7 +199,8 @@ def mean_cka_tables(inputs: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _mean_cka_cells(source, target, models, cross_rows, self_rows) -> list[dict]:
     cross, self_ = pd.DataFrame(cross_rows), pd.DataFrame(self_rows)
     out = []
-    for estimator, c in cross.groupby("estimator"):
+    for estimator in dict.fromkeys(cross.estimator):  # the headline estimator first
+        c = cross[cross.estimator == estimator]
         s = self_[self_.estimator == estimator]
         value = transfer.mean_cka(_stack(c), _stack(s))
         out.append(
@@ -233,7 +251,8 @@ def forgetting_tables(inputs: Inputs, best: pd.DataFrame) -> tuple[pd.DataFrame,
         a, b = run.source_task, run.task
         steps = inputs.store.activation_steps(run.run_id, b)
         span = max(int(float(run.params.get("max_steps", max(steps, default=1)))), 1)
-        pair = {"run_id": run.run_id, "mode": run.mode, "task_a": a, "task_b": b}
+        pair = {"run_id": run.run_id, "mode": run.mode, "task_a": a, "task_b": b,
+                "seed": run.seed, "sampling": run.params.get("sampling", "")}  # fmt: skip
         for role, task in (("A", a), ("B", b)):
             scope = None if task == b else task
             metric = get_task(task).metric
@@ -261,6 +280,7 @@ def forgetting_tables(inputs: Inputs, best: pd.DataFrame) -> tuple[pd.DataFrame,
             for step, probe in itertools.product(steps, (a, b)):
                 profiles += _guarded(
                     inputs,
+                    "forgetting",
                     profile_rows,
                     inputs,
                     "forgetting",
@@ -294,25 +314,20 @@ def _references(inputs: Inputs, run: TrainRun) -> list[tuple[str, TrainRun, int 
 
 
 def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per two-task run and scored task: the normalized score at the first and last
-    checkpoint and what was lost (`forgotten`)."""
+    """Per two-task run and scored task: the normalized score at the first and the last
+    checkpoint, and the change. For A in a sequential run the drop is what was forgotten
+    (`forgotten`); B's rise is what was learned; a shuffled run learns both from the start."""
+    columns = ["run_id", "mode", "task_a", "task_b", "scored", "task", "first", "last",
+               "forgotten", "seed"]  # fmt: skip
     rows = []
-    if scores.empty:
-        return pd.DataFrame()
     for (run_id, role), g in scores.groupby(["run_id", "scored"]):
         g = g.sort_values("step")
         norm = g.norm_score.to_numpy()
+        sequential_a = g["mode"].iloc[0] == "sequential" and role == "A"
         rows.append(
-            {
-                "run_id": run_id,
-                "mode": g["mode"].iloc[0],
-                "task_a": g.task_a.iloc[0],
-                "task_b": g.task_b.iloc[0],
-                "scored": role,
-                "task": g.task.iloc[0],
-                "first": norm[0],
-                "last": norm[-1],
-                "forgotten": forgotten(norm) if len(norm) >= 2 else np.nan,
-            }
-        )
-    return pd.DataFrame(rows)
+            {"run_id": run_id, "mode": g["mode"].iloc[0], "task_a": g.task_a.iloc[0],
+             "task_b": g.task_b.iloc[0], "scored": role, "task": g.task.iloc[0],
+             "first": norm[0], "last": norm[-1], "seed": g.seed.iloc[0],
+             "forgotten": forgotten(norm) if sequential_a and len(norm) >= 2 else np.nan}
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)

@@ -60,8 +60,8 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
     lines += [
         "",
         "Rows: source (base = the pretrained model); columns: target. "
-        "Mean-CKA's diagonal is computed (cross pairs of A = B are the self pairs, "
-        "so it is 1), not forced. — marks a missing cell.",
+        "Mean-CKA's diagonal is computed, not forced to 1 (where A = B the cross pairs "
+        "are the self pairs). — marks a missing cell.",
         "",
     ]
     for title, frame in matrices(tables, spec.tasks).items():
@@ -92,10 +92,11 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
     if len(fs):
         lines += ["## Forgetting (normalized score, first → last checkpoint of the B phase)", ""]
         for r in fs.itertuples():
-            lines.append(
-                f"- {r.mode} {r.task_a}→{r.task_b}, {r.task} ({r.scored}): "
-                f"{_fmt(r.first)} → {_fmt(r.last)} (lost {_fmt(r.forgotten)})"
-            )
+            joint = "→" if r.mode == "sequential" else "+"
+            change = (f"forgot {_fmt(r.forgotten)}" if math.isfinite(r.forgotten)
+                      else f"change {_fmt(r.last - r.first)}")  # fmt: skip
+            lines.append(f"- {r.mode} {r.task_a}{joint}{r.task_b} seed {r.seed}, {r.task} "
+                         f"({r.scored}): {_fmt(r.first)} → {_fmt(r.last)} ({change})")  # fmt: skip
         lines.append("")
     missing = tables["missing"]
     lines += ["## Missing inputs", ""]

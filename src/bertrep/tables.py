@@ -48,13 +48,29 @@ class Inputs:
         return sorted(out, key=lambda r: (r.seed, r.run_id))
 
     def full_fine_tuning(self, task: str, diverged: bool = False) -> list[TrainRun]:
-        """k = 0 single-task runs of `task` from the pretrained model: best_B, the
-        target models of Mean-CKA and the registered sources."""
+        """k = 0 single-task runs of `task` from the pretrained model (best_B, the target
+        models of Mean-CKA, the registered sources): the seeds of one configuration, the
+        one most runs share. With diverged=True, the failed runs instead."""
         runs = self.select(task=task, mode="single", source_task=BASE, frozen_layers=0)
-        return [r for r in runs if r.diverged == diverged]
+        if diverged:
+            return [r for r in runs if r.diverged]
+        groups: dict[tuple, list[TrainRun]] = {}
+        for r in runs:
+            if not r.diverged:
+                groups.setdefault(_setting(r), []).append(r)
+        # the most seeds; on a tie the registered sources, which transfer started from
+        return max(groups.values(), key=lambda g: (len(g), sum(bool(r.registered_as) for r in g)),
+                   default=[])  # fmt: skip
 
     def pretrained(self) -> list[TrainRun]:
         return self.select(mode=tracking.EXTRACT_MODE)
+
+
+def _setting(run: TrainRun) -> tuple:
+    """A run's configuration but for its seed (and where it read or wrote): what makes
+    two runs seeds of one setting."""
+    skip = {"seed", "data_dir", "data_files", "probe_tasks", "save_checkpoint"}
+    return tuple(sorted((k, v) for k, v in run.params.items() if k not in skip))
 
 
 def sweep_command(kind: str) -> str:
@@ -93,12 +109,17 @@ def best_scores(inputs: Inputs) -> pd.DataFrame:
 
 
 def transfer_scores(inputs: Inputs, best: pd.DataFrame) -> pd.DataFrame:
-    """One row per single-task run on a target: its source (base or the task of the
-    registered version it started from), k, seed, raw and normalized score."""
+    """One row per single-task run on a target in the transfer grid: its source (base or
+    the task of the registered version it started from), k, seed, raw and normalized
+    score. The grid is the target's full fine-tuning setting (its lr): a deliberately
+    failed run of a single sweep is profiled, not part of the grid."""
     best_of = best.set_index("task")["best"].to_dict()
     rows = []
     for r in inputs.select(mode="single"):
         if r.task not in inputs.tasks or r.source_task not in (BASE, *inputs.tasks):
+            continue
+        grid = inputs.full_fine_tuning(r.task)
+        if grid and r.params.get("lr") != grid[0].params.get("lr"):
             continue
         b = best_of.get(r.task, np.nan)
         rows.append(
@@ -115,16 +136,13 @@ def transfer_scores(inputs: Inputs, best: pd.DataFrame) -> pd.DataFrame:
                 "diverged": r.diverged,
                 "run_id": r.run_id,
                 "source_version": r.base_model if tracking.is_model_uri(r.base_model) else "",
-                "lr": float(r.params.get("lr", "nan")),
             }
         )
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    # The deliberately failed runs of a single sweep use another lr: they are profiled,
-    # not part of the transfer grid.
-    grid_lr = frame.loc[~frame.diverged].groupby("target")["lr"].agg(lambda s: s.mode()[0])
-    return frame[frame.lr == frame.target.map(grid_lr)].reset_index(drop=True)
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+SCORE_COLUMNS = ["target", "source", "frozen_layers", "seed", "num_layers", "score", "chance",
+                 "best", "norm_score", "diverged", "run_id", "source_version"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,70 +158,75 @@ def aufc_tables(
     scores: pd.DataFrame, rule: AufcRule, inputs: Inputs
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cells, seeds): AuFC per (source, target) as the mean over seeds, and per seed;
-    beside ours the original code's variant (`aufc_paper`: k = 1..L at x = (k − 1)/L)."""
+    beside ours the original code's variant (`aufc_paper`: every k = 1..L at
+    x = (k − 1)/L). A seed lacking a k, or with a non-finite score, is left out and
+    listed as missing; a variant no seed can give is missing too."""
     seeds, cells = [], []
-    if scores.empty:
-        return pd.DataFrame(), pd.DataFrame()
     for (source, target), group in scores.groupby(["source", "target"]):
         num_layers = int(group.num_layers.iloc[0])
         ks = [int(k) for k in rule.grid or sorted(group.frozen_layers.unique())]
         ends = {0, num_layers} <= set(ks) or not rule.require_endpoints
         if len(ks) < 2 or not ends:
-            detail = f"{source}->{target}: k = {ks} (needs 0 and L = {num_layers} and more)"
-            inputs.missing.append(Missing("AuFC", detail, sweep_command("aufc")))
+            _missing(inputs, "AuFC", f"{source}->{target}: k = {ks} (needs 0 and L = {num_layers})")
             continue
-        per_seed = {}
-        for seed, runs in group.groupby("seed"):
-            have = runs.set_index("frozen_layers")["score"]
-            lacking = [k for k in ks if k not in have.index]
-            if lacking:
-                inputs.missing.append(
-                    Missing(
-                        "AuFC",
-                        f"{source}->{target} seed {seed}: no run with k={lacking}",
-                        sweep_command("aufc"),
-                    )
-                )
+        per_seed = _seed_grids(inputs, source, target, group, ks)
+        every_k = list(range(1, num_layers + 1))
+        variants = {"aufc": (ks, _aufc), "aufc_paper": (every_k, _aufc_paper)}
+        for variant, (need, value_of) in variants.items():
+            usable = {s: g for s, g in per_seed.items() if set(need) <= set(g.index)}
+            if not usable:
+                what = f"{source}->{target}: {variant} needs every k in {need[0]}..{need[-1]}"
+                _missing(inputs, variant, what)
                 continue
-            per_seed[seed] = runs.set_index("frozen_layers").loc[ks]
-        for variant, value_of in (("aufc", _aufc), ("aufc_paper", _aufc_paper)):
             values = {}
-            for seed, runs in per_seed.items():
-                value = value_of(runs, ks, num_layers, rule)
-                if value is not None:
-                    values[seed] = value
-                    seeds.append(
-                        {
-                            "source": source,
-                            "target": target,
-                            "variant": variant,
-                            "seed": seed,
-                            "value": value,
-                            "ks": ",".join(map(str, ks)),
-                            "run_ids": ",".join(runs.run_id),
-                        }
-                    )
-            if values:
-                cells.append(
-                    {
-                        "source": source,
-                        "target": target,
-                        "variant": variant,
-                        "value": float(np.mean(list(values.values()))),
-                        "seeds": len(values),
-                        "best": float(group.best.iloc[0]),
-                        "chance": float(group.chance.iloc[0]),
-                        "num_layers": num_layers,
-                        "ks": ",".join(map(str, ks)),
-                        "source_versions": ",".join(sorted(set(group.source_version) - {""})),
-                    }
-                )
-    return pd.DataFrame(cells), pd.DataFrame(seeds)
+            for seed, runs in usable.items():
+                runs = runs.loc[need]
+                values[seed] = value_of(runs, need, num_layers, rule)
+                seeds.append(
+                    {"source": source, "target": target, "variant": variant, "seed": seed,
+                     "value": values[seed], "ks": ",".join(map(str, need)),
+                     "run_ids": ",".join(runs.run_id)}
+                )  # fmt: skip
+            cells.append(
+                {"source": source, "target": target, "variant": variant,
+                 "value": float(np.mean(list(values.values()))), "seeds": len(values),
+                 "best": float(group.best.iloc[0]), "chance": float(group.chance.iloc[0]),
+                 "num_layers": num_layers, "ks": ",".join(map(str, need)),
+                 "source_versions": ",".join(sorted(set(group.source_version) - {""}))}
+            )  # fmt: skip
+    return pd.DataFrame(cells, columns=CELL_COLUMNS), pd.DataFrame(seeds, columns=SEED_COLUMNS)
 
 
-def _aufc(runs: pd.DataFrame, ks: list[int], num_layers: int, rule: AufcRule) -> float | None:
-    if not np.isfinite(runs.best.iloc[0]):
-        return None
+CELL_COLUMNS = ["source", "target", "variant", "value", "seeds", "best", "chance",
+                "num_layers", "ks", "source_versions"]  # fmt: skip
+SEED_COLUMNS = ["source", "target", "variant", "seed", "value", "ks", "run_ids"]
+
+
+def _missing(inputs: Inputs, what: str, detail: str, kind: str = "aufc") -> None:
+    inputs.missing.append(Missing(what, detail, sweep_command(kind)))
+
+
+def _seed_grids(inputs, source, target, group: pd.DataFrame, ks) -> dict[int, pd.DataFrame]:
+    """{seed: its runs indexed by k} with a finite score, best and chance at every k of
+    `ks` (others are listed missing); two runs at one k are ambiguous: listed, left out."""
+    out = {}
+    for seed, runs in group.groupby("seed"):
+        runs = runs[np.isfinite(runs.score) & np.isfinite(runs.chance) & np.isfinite(runs.best)]
+        twice = runs[runs.frozen_layers.duplicated(keep=False)]
+        if len(twice):
+            ids = ", ".join(twice.run_id)
+            _missing(inputs, "AuFC", f"{source}->{target} seed {seed}: runs {ids} share a k")
+            continue
+        lacking = [k for k in ks if k not in set(runs.frozen_layers)]
+        if lacking:
+            what = f"{source}->{target} seed {seed}: no finished run with a score at k = {lacking}"
+            _missing(inputs, "AuFC", what)
+            continue
+        out[int(seed)] = runs.set_index("frozen_layers").sort_index()
+    return out
+
+
+def _aufc(runs: pd.DataFrame, ks: list[int], num_layers: int, rule: AufcRule) -> float:
     return transfer.aufc(
         ks,
         runs.score.to_numpy(),
@@ -214,24 +237,21 @@ def _aufc(runs: pd.DataFrame, ks: list[int], num_layers: int, rule: AufcRule) ->
     )
 
 
-def _aufc_paper(runs: pd.DataFrame, ks: list[int], num_layers: int, rule) -> float | None:
-    """The original code froze embeddings + blocks 0..k (our k + 1) and integrated over
-    x = 0, 1/L, ..., (L − 1)/L: from our runs with k ≥ 1, at x = (k − 1) / L."""
-    shifted = [k for k in ks if k >= 1]
-    if len(shifted) < 2 or not np.isfinite(runs.best.iloc[0]):
-        return None
-    y = transfer.normalize(
-        runs.loc[shifted].score.to_numpy(), runs.chance.iloc[0], runs.best.iloc[0]
-    )
-    x = (np.asarray(shifted) - 1) / num_layers
+def _aufc_paper(runs: pd.DataFrame, ks: list[int], num_layers: int, rule) -> float:
+    """The original code froze embeddings + blocks 0..k (our k + 1) and integrated with
+    sklearn's auc over x = 0, 1/L, ..., (L − 1)/L: our k = 1..L at x = (k − 1) / L, so a
+    perfect curve scores (L − 1)/L."""
+    y = transfer.normalize(runs.score.to_numpy(), runs.chance.iloc[0], runs.best.iloc[0])
+    x = (np.asarray(ks) - 1) / num_layers
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
 
 
 def transfer_k0(scores: pd.DataFrame) -> pd.DataFrame:
     """The no-freeze transfer matrix: mean normalized k = 0 score per (source, target)."""
-    if scores.empty:
-        return pd.DataFrame()
+    columns = ["source", "target", "value", "score", "seeds", "run_ids"]
     k0 = scores[scores.frozen_layers == 0]
+    if k0.empty:
+        return pd.DataFrame(columns=columns)
     out = k0.groupby(["source", "target"]).agg(
         value=("norm_score", "mean"),
         score=("score", "mean"),

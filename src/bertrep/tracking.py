@@ -388,11 +388,6 @@ def table_artifact(name: str) -> str:
     return f"{TABLES_DIR}/{name}.parquet"
 
 
-def default_experiment() -> str:
-    """$MLFLOW_EXPERIMENT_NAME, else the project's default experiment."""
-    return os.environ.get(env.MLFLOW_EXPERIMENT_NAME) or DEFAULT_EXPERIMENT
-
-
 def runs_page(store: str, experiment_id: str) -> str:
     """How to see an experiment's runs in the MLflow UI (whose default page for an
     experiment, the GenAI overview, is empty for this project)."""

@@ -1,0 +1,120 @@
+"""The analysis tables on small made-up inputs (no store): AuFC and the original code's
+variant against independent formulas, the missing-input list, the transfer matrix, the
+forgetting summary, and every figure drawn from empty tables without a crash."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bertrep.figures import draw_all
+from bertrep.profiles import forgetting_summary
+from bertrep.tables import SCORE_COLUMNS, AufcRule, Inputs, aufc_tables, matrix, transfer_k0
+
+L = 12
+
+
+def inputs() -> Inputs:
+    return Inputs([], None, ("sst2", "stsb"), ("biased",), False, [])
+
+
+def scores(ks, values, *, seed=0, source="base", target="sst2", chance=0.5, best=0.9):
+    rows = [
+        {"target": target, "source": source, "frozen_layers": k, "seed": seed, "num_layers": L,
+         "score": v, "chance": chance, "best": best,
+         "norm_score": (v - chance) / (best - chance), "diverged": False,
+         "run_id": f"r{seed}k{k}", "source_version": ""}
+        for k, v in zip(ks, values, strict=True)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def test_aufc_and_the_original_codes_variant_on_a_full_grid():
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0.5, 0.9, L + 1)
+    table, per_seed = aufc_tables(scores(range(L + 1), y), AufcRule(), inputs())
+    ours = table[table.variant == "aufc"].value.item()
+    norm = (y - 0.5) / 0.4
+    assert ours == pytest.approx(np.trapezoid(norm, np.arange(L + 1) / L), abs=1e-12)
+    # sklearn.metrics.auc(np.arange(0, 1, 1/12), scores) over the original k = 0..11,
+    # which are our k = 1..12: the trapezoid over x = 0, 1/12, ..., 11/12
+    paper = table[table.variant == "aufc_paper"].value.item()
+    assert paper == pytest.approx(np.trapezoid(norm[1:], np.arange(0, 1, 1 / 12)), abs=1e-12)
+    perfect, _ = aufc_tables(scores(range(L + 1), [0.9] * (L + 1)), AufcRule(), inputs())
+    assert perfect.set_index("variant").value.to_dict() == pytest.approx(
+        {"aufc": 1.0, "aufc_paper": 11 / 12}
+    )
+    assert len(per_seed) == 2
+
+
+def test_seeds_average_and_gaps_are_listed_never_filled():
+    both = pd.concat(
+        [scores([0, 6, 12], [0.9, 0.7, 0.5]), scores([0, 6, 12], [0.9, 0.9, 0.9], seed=1)]
+    )
+    known = inputs()
+    cells, per_seed = aufc_tables(both, AufcRule(), known)
+    aufc = cells[cells.variant == "aufc"].iloc[0]
+    assert aufc.value == pytest.approx((0.5 + 1.0) / 2) and aufc.seeds == 2
+    # the original variant needs every k = 1..12: listed missing, not computed from two
+    assert (cells.variant == "aufc_paper").sum() == 0
+    assert any(m.what == "aufc_paper" and "base->sst2" in m.detail for m in known.missing)
+    gappy = pd.concat(
+        [scores([0, 6, 12], [0.9, 0.7, 0.5]), scores([0, 12], [0.9, 0.9], seed=1)],
+        ignore_index=True,
+    )
+    gappy.loc[gappy.index[0], "score"] = np.nan  # a finished run without a score
+    known = inputs()
+    cells, _ = aufc_tables(gappy, AufcRule(), known)
+    assert cells.empty
+    details = sorted(m.detail for m in known.missing if m.what == "AuFC")
+    assert details == [
+        "base->sst2 seed 0: no finished run with a score at k = [0]",
+        "base->sst2 seed 1: no finished run with a score at k = [6]",
+    ]
+
+
+def test_the_endpoints_rule_and_two_runs_at_one_k():
+    known = inputs()
+    cells, _ = aufc_tables(scores([0, 6], [0.9, 0.7]), AufcRule(), known)
+    assert cells.empty and "needs 0 and L = 12" in known.missing[0].detail
+    cells, _ = aufc_tables(scores([0, 6], [0.9, 0.7]), AufcRule(require_endpoints=False), inputs())
+    # over its own span [0, 1/2]: (1 + 0.5) / 2 * 0.5
+    assert cells[cells.variant == "aufc"].value.item() == pytest.approx(0.375)
+    twice = pd.concat([scores([0, 6, 12], [0.9, 0.7, 0.5]), scores([6], [0.8])])
+    twice.iloc[-1, twice.columns.get_loc("run_id")] = "other"
+    known = inputs()
+    assert aufc_tables(twice, AufcRule(), known)[0].empty
+    assert "runs r0k6, other share a k" in known.missing[0].detail
+
+
+def test_transfer_matrix_rows_are_sources_base_last_and_missing_cells_stay_empty():
+    grid = pd.concat([scores([0], [0.8]), scores([0, 6], [0.7, 0.6], source="stsb")])
+    frame = matrix(transfer_k0(grid), ("sst2", "stsb"))
+    assert list(frame.index) == ["sst2", "stsb", "base"] and list(frame.columns) == ["sst2", "stsb"]
+    assert frame.loc["base", "sst2"] == pytest.approx(0.75)
+    assert frame.loc["stsb", "sst2"] == pytest.approx(0.5)
+    assert frame.isna().sum().sum() == 4
+
+
+def test_forgetting_summary_counts_only_what_a_sequential_run_forgot_of_a():
+    rows = []
+    for mode in ("sequential", "shuffled"):
+        for role, task, norms in (("A", "sst2", [1.0, 0.6]), ("B", "pos", [0.1, 0.9])):
+            for step, v in zip((0, 10), norms, strict=True):
+                rows.append({"run_id": mode, "mode": mode, "task_a": "sst2", "task_b": "pos",
+                             "seed": 0, "step": step, "scored": role, "task": task,
+                             "norm_score": v})  # fmt: skip
+    out = forgetting_summary(pd.DataFrame(rows)).set_index(["run_id", "scored"])
+    assert out.loc[("sequential", "A"), "forgotten"] == pytest.approx(0.4)
+    assert np.isnan(out.loc[("sequential", "B"), "forgotten"])  # learned, not forgotten
+    assert out.forgotten.notna().sum() == 1
+
+
+def test_every_figure_copes_with_empty_tables(tmp_path):
+    empty = {name: pd.DataFrame() for name in (
+        "profiles", "mean_cka", "transfer_k0", "aufc", "scores", "correlation",
+        "forgetting", "forgetting_cka", "runs")}  # fmt: skip
+    drawn = draw_all(empty, tmp_path, ("sst2", "stsb"))
+    # the matrices are still drawn: every cell hatched as missing
+    assert {p.stem for p in drawn} == {"transfer_k0", "aufc", "aufc_paper"}
