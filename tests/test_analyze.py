@@ -243,11 +243,11 @@ def test_one_mean_cka_and_one_aufc_cell_recomputed_independently(study, tmp_path
     cell = mc[(mc.source == "base") & (mc.target == "stsb") & (mc.estimator == "biased")]
     assert cell.value.iloc[0] == pytest.approx(expected, abs=1e-6)
     # AuFC from raw final scores, best_B the mean k = 0 score from the pretrained model:
-    # sst2 -> stsb (chance 0, Pearson) and base -> sst2 (chance the majority class)
+    # (a tiny random BERT learns STS-B a little in 3 updates, SST-2 not at all)
     client = MlflowClient()
     metric = lambda r, key: client.get_run(r).data.metrics[key]  # noqa: E731
     au = tables["aufc"]
-    for source, target in (("sst2", "stsb"), ("base", "sst2")):
+    for source, target in (("sst2", "stsb"), ("base", "stsb")):
         bests = full[full.task == target].run_id
         best = np.mean([metric(r, tracking.FINAL_SCORE) for r in bests])
         grid = runs[

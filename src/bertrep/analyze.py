@@ -202,7 +202,10 @@ def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:
             explained = f"{source}->{target}" in said or f"column {target}:" in said
             if np.isfinite(frame.loc[source, target]) or explained:
                 continue
-            why = "source = target: not in the sweep's grid" if source == target else "no runs"
+            sc = out["scores"]
+            ran = ((sc.source == source) & (sc.target == target)).any() if len(sc) else False
+            why = "runs, but no finite normalized score" if ran else "no runs"
+            why = "source = target: not in the sweep's grid" if source == target else why
             detail = f"{source}->{target}: {why}"
             inputs.missing.append(Missing(name, detail, sweep_command("aufc")))
 

@@ -169,6 +169,10 @@ def aufc_tables(
         if len(ks) < 2 or not ends:
             _missing(inputs, "AuFC", f"{source}->{target}: k = {ks} (needs 0 and L = {num_layers})")
             continue
+        if (group.best == group.chance).any():
+            what = f"{source}->{target}: best_B equals chance, the normalized score is undefined"
+            _missing(inputs, "AuFC", what)
+            continue
         per_seed = _seed_grids(inputs, source, target, group, ks)
         every_k = list(range(1, num_layers + 1))
         variants = {"aufc": (ks, _aufc), "aufc_paper": (every_k, _aufc_paper)}
