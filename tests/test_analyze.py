@@ -19,7 +19,7 @@ import yaml
 from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from bertrep import env, sweep_runs, tracking
+from bertrep import env, server, sweep_runs, tracking
 from bertrep.analyze import load_spec, spec_from_dict
 from bertrep.plots import draw_matrix
 
@@ -116,8 +116,10 @@ def study(tiny_model, data_dir, tmp_path_factory):
         store,
         tmp,
     )
-    mlflow.set_tracking_uri(store[env.MLFLOW_TRACKING_URI])
-    return {"env": store, "tmp": tmp, "stdout": out, "run": _newest_analysis()}
+    # The sweeps logged artifacts through their server: they read back through one too.
+    with server.serve(store[env.MLFLOW_TRACKING_URI], tmp / "outputs") as uri:
+        with server.tracking_at(uri):
+            yield {"env": store, "tmp": tmp, "stdout": out, "run": _newest_analysis()}
 
 
 def _newest_analysis():

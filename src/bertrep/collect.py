@@ -56,6 +56,13 @@ class TrainRun:
     registered_as: str = ""
 
     @property
+    def failed(self) -> bool:
+        """Tagged diverged, or a final score not above chance by more than the run's
+        diverge_margin (recomputed: runs logged before that rule counted below chance)."""
+        margin = float(self.params.get("diverge_margin", 0) or 0)
+        return self.diverged or (margin > 0 and self.final_score - self.chance <= margin)
+
+    @property
     def label(self) -> str:
         """How a person names it: `stsb from sst2, k=3, seed 0`."""
         if self.mode == tracking.EXTRACT_MODE:

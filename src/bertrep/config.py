@@ -58,7 +58,7 @@ class TrainConfig:
     data_files: str = ""  # other file names per split, "train=a.tsv,validation=b.tsv"
     # evaluation and probing
     eval_every: int = 0  # steps between evaluations; 0: only at the end
-    diverge_margin: float = 0.02  # final score within this of chance: diverged (0: never)
+    diverge_margin: float = 0.02  # final score not above chance by more: diverged (0: never)
     best_score: float = 0.0  # best_B for normalization; 0: looked up in MLflow
     probe_tasks: str = ""  # comma-separated tasks to extract activations on; empty: task
     probe_tokens: int = 5000  # N tokens per probe set

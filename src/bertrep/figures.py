@@ -163,7 +163,12 @@ def freezing_curves(tables: dict, folder: Path, tasks) -> list[Path]:
         ax.axhline(0, color="0.7", linewidth=0.8)
         ax.axhline(1, color="0.7", linewidth=0.8, linestyle="--")
     axes[0][0].set_ylabel("normalized score")
-    axes[0][-1].legend(title="source", fontsize=8)
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), title="source", fontsize=8,
+               loc="center left", bbox_to_anchor=(1.0, 0.5))  # fmt: skip
     fig.suptitle("Freezing curves (lines: mean over seeds; dots: seeds)", y=1.03)
     return save(fig, folder, "freezing_curves")
 

@@ -44,7 +44,8 @@ def _score_panel(ax, scores: pd.DataFrame, run_id: str) -> None:
         g = g.sort_values("fraction")
         what = "old task A" if role == "A" else "new task B"
         ax.plot(g.fraction, g.norm_score, marker="o", label=f"{name(g.task.iloc[0])} ({what})")
-    ax.set_xlabel("fraction of the B phase")
+    shuffled = s["mode"].iloc[0] == "shuffled"
+    ax.set_xlabel("fraction of training" if shuffled else "fraction of the B phase")
     ax.set_ylabel("normalized score")
     ax.set_title(_pair_name(s.iloc[0]) + ": scores", fontsize=9)
     ax.legend(fontsize=7)
@@ -53,7 +54,8 @@ def _score_panel(ax, scores: pd.DataFrame, run_id: str) -> None:
 def _asymmetry(scores, cka, runs, folder) -> list[Path]:
     """Per sequential pair: scores over the B phase, and the profile against the A-tuned
     model on A's probe set at three checkpoints."""
-    fig, axes = plt.subplots(len(runs), 4, figsize=(15, 3.4 * len(runs)), squeeze=False)
+    fig, axes = plt.subplots(len(runs), 4, figsize=(15, 3.8 * len(runs)), squeeze=False,
+                             layout="constrained")  # fmt: skip
     image = None
     for row_axes, run_id in zip(axes, runs, strict=True):
         _score_panel(row_axes[0], scores, run_id)
@@ -76,8 +78,8 @@ def _asymmetry(scores, cka, runs, folder) -> list[Path]:
                 ylabel="layer, during B",
             )
     if image is not None:
-        fig.colorbar(image, ax=axes[:, 1:].ravel().tolist(), label="linear CKA", shrink=0.8)
-    fig.suptitle("Forgetting: scores over the B phase and CKA against the A-tuned model", y=1.02)
+        fig.colorbar(image, ax=axes[:, 1:], label="linear CKA", shrink=0.8)
+    fig.suptitle("Forgetting: scores over the B phase and CKA against the A-tuned model")
     return save(fig, folder, "forgetting_asymmetry")
 
 
@@ -90,7 +92,8 @@ def _shuffled(scores, cka, run_id, folder) -> list[Path]:
         return []
     a, b = sel.task_a.iloc[0], sel.task_b.iloc[0]
     steps = sorted(sel.step_y.unique())
-    fig, axes = plt.subplots(2, len(steps) + 1, figsize=(3.2 * (len(steps) + 1), 6.6))
+    fig, axes = plt.subplots(2, len(steps) + 1, figsize=(3.4 * (len(steps) + 1), 7.2),
+                             layout="constrained")  # fmt: skip
     _score_panel(axes[0][0], scores, run_id)
     image, end = None, axes[1][0]
     for row, (ref, task) in enumerate((("A", a), ("B", b))):
@@ -111,8 +114,8 @@ def _shuffled(scores, cka, run_id, folder) -> list[Path]:
     end.set_ylabel("CKA, same layer, end of training")
     end.legend(fontsize=7)
     if image is not None:
-        fig.colorbar(image, ax=axes[:, 1:].ravel().tolist(), label="linear CKA", shrink=0.8)
-    fig.suptitle(f"Shuffled {name(a)} + {name(b)}: where the representation lands", y=1.01)
+        fig.colorbar(image, ax=axes[:, 1:], label="linear CKA", shrink=0.8)
+    fig.suptitle(f"Shuffled {name(a)} + {name(b)}: where the representation lands")
     run = scores[scores.run_id == run_id].iloc[0]
     return save(fig, folder, f"shuffled_{a}_{b}_{run.sampling}_seed{run.seed}")
 
@@ -139,5 +142,5 @@ def _domains(scores, cka, run_id, folder) -> list[Path]:
         ax.set_xlabel("fraction of the B phase")
     axes[0].set_ylabel("CKA against the A-tuned model, same layer")
     axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{name(a)}→{name(b)}: old vs new domain over training", y=1.03)
+    fig.suptitle(f"{name(a)}→{name(b)}: old vs new domain over training")
     return save(fig, folder, f"domains_{a}_{b}_seed{sel.seed.iloc[0]}")

@@ -320,6 +320,8 @@ def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
     columns = ["run_id", "mode", "task_a", "task_b", "scored", "task", "first", "last",
                "forgotten", "seed"]  # fmt: skip
     rows = []
+    if scores.empty:
+        return pd.DataFrame(rows, columns=columns)
     for (run_id, role), g in scores.groupby(["run_id", "scored"]):
         g = g.sort_values("step")
         norm = g.norm_score.to_numpy()

@@ -53,10 +53,10 @@ class Inputs:
         one most runs share. With diverged=True, the failed runs instead."""
         runs = self.select(task=task, mode="single", source_task=BASE, frozen_layers=0)
         if diverged:
-            return [r for r in runs if r.diverged]
+            return [r for r in runs if r.failed]
         groups: dict[tuple, list[TrainRun]] = {}
         for r in runs:
-            if not r.diverged:
+            if not r.failed:
                 groups.setdefault(_setting(r), []).append(r)
         # the most seeds; on a tie the registered sources, which transfer started from
         return max(groups.values(), key=lambda g: (len(g), sum(bool(r.registered_as) for r in g)),

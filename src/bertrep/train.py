@@ -245,9 +245,12 @@ def fine_tune(ctx: Context, model, tokenizer, base_meta: dict, target, source, p
     else:
         scores, steps, diverged = train_one_task(ctx, model, target, probes)
     final = scores[target.spec.metric]
-    near_chance = abs(final - target.chance) <= cfg.diverge_margin
+    near_chance = final - target.chance <= cfg.diverge_margin  # at, near or below chance
     if not diverged and cfg.diverge_margin > 0 and near_chance:
-        diverged = f"final {target.spec.metric} {final:.4f} within {cfg.diverge_margin} of chance"
+        diverged = (
+            f"final {target.spec.metric} {final:.4f} not above chance {target.chance:.4f} "
+            f"by more than {cfg.diverge_margin}"
+        )
     norm = normalize(final, target.chance, target.best, strict=False)
     ctx.metrics.log({tracking.FINAL_SCORE: final, tracking.FINAL_NORM_SCORE: norm}, steps)
     ctx.metrics.flush()
