@@ -107,9 +107,13 @@ def finished_keys() -> set[str]:
 
 
 def first_step_time(run_id: str) -> float:
-    """Wall time (s since the epoch) at which the run logged its first training loss."""
+    """Wall time (s since the epoch) at which the run logged its first training loss, or
+    for a run that trains nothing (mode extract) at which it ended."""
     history = _client().get_metric_history(run_id, tracking.LOSS)
-    return min(m.timestamp for m in history) / 1000 if history else math.nan
+    if history:
+        return min(m.timestamp for m in history) / 1000
+    end = _client().get_run(run_id).info.end_time
+    return end / 1000 if end else math.nan
 
 
 def log_trial_stats(run_id: str, startup_s: float, index: int) -> None:
