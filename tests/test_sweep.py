@@ -169,7 +169,7 @@ def test_moved_data_folder_trains_nothing_new(tiny_model, data_dir, tmp_path):
     """A run is what it reads, not where: after the data folder moves, the same sweep
     finds its source and its trial FINISHED by config key and trains nothing."""
     first = tmp_path / "data"
-    for task in ("sst2", "stsb"):
+    for task in ("sst2", "stsb", "conll2003"):  # the sources also extract on POS
         (first / task).mkdir(parents=True)
         for file in (data_dir / task).iterdir():
             shutil.copyfile(file, first / task / file.name)  # real files, never links
