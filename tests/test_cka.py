@@ -209,9 +209,23 @@ def test_float16_storage_changes_value_little(rng):
 def test_float16_large_values_do_not_overflow(rng):
     x = (rng.standard_normal((100, 64)) * 2000).astype(np.float16)  # x² overflows float16
     y = (x.astype(np.float64) @ rng.standard_normal((64, 64))).astype(np.float16)
-    value = linear_cka(x, y)
-    assert np.isfinite(value)
-    assert value == pytest.approx(linear_cka(x.astype(np.float64), y.astype(np.float64)), abs=1e-14)
+    exact = linear_cka(x.astype(np.float64), y.astype(np.float64))
+    wide = cka_profile([x], [y], dtype="float64")[0, 0]  # float16 cast up before any product
+    assert wide == pytest.approx(exact, abs=1e-14)
+    value = linear_cka(x, y)  # float16 inputs: float32 products of float64-centred tiles
+    assert np.isfinite(value) and value == pytest.approx(exact, abs=1e-8)
+
+
+def test_auto_dtype_is_float64_only_for_float64_inputs(rng):
+    xs, ys = models(rng, n=300, widths_x=(32,), widths_y=(32,), offset=3.0)
+    half = [[z.astype(np.float16) for z in side] for side in (xs, ys)]
+    for inputs in ((xs, ys), half):
+        for dtype in ("float32", "float64"):
+            forced = cka_profile(*inputs, route="gram", dtype=dtype)
+            same = (dtype == "float64") == (inputs is not half)
+            assert np.array_equal(cka_profile(*inputs, route="gram"), forced) == same
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, float64"):
+        cka_profile(xs, ys, dtype="float16")
 
 
 def test_float32_option_agrees_to_1e6(rng):
@@ -343,7 +357,7 @@ def test_bad_arguments(rng):
     with pytest.raises(ValueError, match="route"):
         cka_profile([x], [x], route="fast")
     with pytest.raises(ValueError, match="dtype"):
-        cka_profile([x], [x], dtype="float16")
+        cka_profile([x], [x], dtype="bfloat16")
     with pytest.raises(ValueError, match="before any update"):
         StreamingCKA().result()
     with pytest.raises(ValueError, match=r"xs layer 0 must be a 2-D"):

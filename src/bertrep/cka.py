@@ -30,8 +30,11 @@ from the cheaper of two exact routes:
   tile. About n²·Σp flops: half the feature route at n = 5,000 with 13 layers of
   width 768; the feature route wins when n >> L·p.
 
-Products and sums run in float64 (dtype="float32": the large products in float32, their
-sums still float64), never under autocast; float16 inputs are cast before any product.
+The gram route's products of centred tiles run in float32 for float16 or float32 inputs
+and in float64 for float64 inputs (dtype="auto"; "float32" or "float64" forces one);
+the feature route, whose sums are of uncentred rows, runs in float64 unless asked. Every
+sum of products, and all other statistics, run in float64, never under autocast. float32
+products agree with float64 ones to ~1e-9 on activations (bench/cka.py, tests).
 torch is imported only for torch inputs.
 
 This module holds the public API, the gram route and RBF CKA; the feature route
@@ -104,15 +107,16 @@ ESTIMATORS = ("biased", "debiased")
 
 
 def cka_profile(
-    xs: Any, ys: Any, *, debiased: bool = False, route: Route = "auto", dtype: str = "float64"
+    xs: Any, ys: Any, *, debiased: bool = False, route: Route = "auto", dtype: str = "auto"
 ) -> np.ndarray:
     """Linear CKA of every layer of one model against every layer of another.
 
     xs: Lx layers of shape (n, p_i), as a sequence or an (Lx, n, p) array (numpy, or
     torch on any device); ys likewise with Ly layers and the same n rows. Returns a
     numpy float64 (Lx, Ly) array. route "auto" takes the exact route with less
-    arithmetic (`profile_flops`); "gram" and "feature" force one. dtype "float32"
-    runs the large products in float32 with float64 sums (agrees to ~1e-9 in tests).
+    arithmetic (`profile_flops`); "gram" and "feature" force one. dtype: the large
+    products' dtype, "auto" (float64 only for float64 inputs), "float32" or "float64";
+    their sums are float64 always.
     """
     estimator = ESTIMATORS[int(debiased)]
     return cka_profiles(xs, ys, (estimator,), route=route, dtype=dtype)[estimator]
@@ -124,7 +128,7 @@ def cka_profiles(
     estimators: Sequence[str] = ESTIMATORS,
     *,
     route: Route = "auto",
-    dtype: str = "float64",
+    dtype: str = "auto",
 ) -> dict[str, np.ndarray]:
     """{estimator: (Lx, Ly) profile} for "biased" and/or "debiased", from one pass over
     the data: both estimators finish the same exact statistics. Arguments as cka_profile."""
@@ -146,7 +150,9 @@ def cka_profiles(
         raise ValueError(f"route must be 'auto', 'gram' or 'feature', got {route!r}")
     width = sum(x.shape[1] for x in xs) + sum(y.shape[1] for y in ys)
     chunk = max(1, _FEATURE_CHUNK_BYTES // (ops.itemsize * width))
-    stream = StreamingCKA(dtype=dtype)
+    # Its sums are of uncentred rows, so float32 products lose more to a large mean:
+    # float64 unless asked.
+    stream = StreamingCKA(dtype="float64" if dtype == "auto" else dtype)
     for r0 in range(0, n, chunk):
         stream.update([x[r0 : r0 + chunk] for x in xs], [y[r0 : r0 + chunk] for y in ys])
     out = {}
@@ -191,7 +197,7 @@ def _gram_inner(ops: Any, xcs: list[Any], ycs: list[Any]) -> tuple[np.ndarray, n
     max_rows = max(1, math.isqrt(_TILE_BYTES // (ops.itemsize * nz)))
     b = -(-n // -(-n // max_rows))  # equal tiles: ceil(n / number of tiles)
     buf = ops.empty_work(nz * b * b)
-    cross, self_ = ops.zeros(lx, nz - lx), ops.zeros(nz)
+    inner = ops.zeros(nz, nz)  # <Kc_a, Kc_b> of all layers, both models
     for r0 in range(0, n, b):
         r1 = min(r0 + b, n)
         for c0 in range(r0, n, b):
@@ -201,11 +207,10 @@ def _gram_inner(ops: Any, xcs: list[Any], ycs: list[Any]) -> tuple[np.ndarray, n
                 # On the diagonal z[r] @ z[r].T is one buffer times its transpose: numpy
                 # hands it to syrk, half the flops of a general product.
                 ops.matmul(z[r0:r1], z[c0:c1].T, out=tile)
-            flat = ops.cast(tiles.reshape(nz, -1))
             weight = 1.0 if r0 == c0 else 2.0
-            cross += weight * (flat[:lx] @ flat[lx:].T)
-            self_ += weight * ops.row_dots(flat)
-    return ops.numpy(cross), ops.numpy(self_)
+            inner += weight * ops.tile_products(tiles.reshape(nz, -1))
+    inner = ops.numpy(inner)
+    return inner[:lx, lx:], np.diag(inner).copy()
 
 
 def _gram_terms(ops: Any, xs: list[Any], ys: list[Any]) -> tuple[PairTerms, SideTerms, SideTerms]:

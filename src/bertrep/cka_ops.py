@@ -21,6 +21,9 @@ __all__ = ["PairTerms", "SideTerms"]
 
 # Rows per float32 product before its sum is carried on in float64 (dtype="float32").
 _F32_ROWS = 1024
+# Gram entries per float32 inner product of flattened tiles before float64 takes over.
+_F32_ENTRIES = 1 << 15
+DTYPES = ("auto", "float32", "float64")
 # A float64 centred sum of squares below 1e-24 of the raw one is rounding noise
 # (relative spread 1e-12): the layer is constant.
 _CONSTANT_REL = 1e-24
@@ -179,8 +182,16 @@ class _NumpyOps:
     def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         np.matmul(a, b, out=out)
 
-    def row_dots(self, a: np.ndarray) -> np.ndarray:
-        return np.einsum("ij,ij->i", a, a)
+    def tile_products(self, flat: np.ndarray) -> np.ndarray:
+        """flat @ flat.T (m, m) in float64 for m flattened Gram tiles flat (m, e) of the
+        work dtype: in float32, products of _F32_ENTRIES entries summed in float64."""
+        if self.work == np.float64:
+            return flat @ flat.T
+        out = np.zeros((flat.shape[0], flat.shape[0]))
+        for k in range(0, flat.shape[1], _F32_ENTRIES):
+            part = flat[:, k : k + _F32_ENTRIES]
+            out += part @ part.T
+        return out
 
     def add_product(self, c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """c += a @ b for float64 c (P, Q) (Fortran order), a (P, m), b (m, Q)."""
@@ -248,8 +259,14 @@ class _TorchOps:
     def matmul(self, a: Any, b: Any, out: Any) -> None:
         self.torch.matmul(a, b, out=out)
 
-    def row_dots(self, a: Any) -> Any:
-        return self.torch.bmm(a[:, None, :], a[:, :, None]).reshape(-1)
+    def tile_products(self, flat: Any) -> Any:
+        if self.work == self.torch.float64:
+            return flat @ flat.T
+        out = self.zeros(flat.shape[0], flat.shape[0])
+        for k in range(0, flat.shape[1], _F32_ENTRIES):
+            part = flat[:, k : k + _F32_ENTRIES]
+            out += part @ part.T
+        return out
 
     def add_product(self, c: Any, a: Any, b: Any) -> Any:
         if self.work == self.torch.float64:
@@ -271,10 +288,21 @@ class _TorchOps:
         return stack
 
 
+def _work_dtype(layers: Sequence[Any], dtype: str) -> str:
+    """The dtype of the large products: as asked, or for "auto" float64 when an input is
+    float64 and float32 otherwise (float16 or float32 inputs: their own rounding is far
+    above that of float32 products with float64 sums)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    wide = any(str(x.dtype).removeprefix("torch.") == "float64" for x in layers)
+    return "float64" if wide else "float32"
+
+
 def _ops_for(layers: Sequence[Any], dtype: str) -> _NumpyOps | _TorchOps:
-    if dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    work = _work_dtype(layers, dtype)
     for x in layers:
         if _is_torch(x):
-            return _TorchOps(dtype, x.device)
-    return _NumpyOps(dtype)
+            return _TorchOps(work, x.device)
+    return _NumpyOps(work)
