@@ -324,14 +324,23 @@ def _load_hub(spec: TaskSpec, split: str) -> list[Example]:
     ds = datasets.load_dataset(
         spec.hub_path, spec.hub_config, split=split, revision=spec.hub_revision
     )
+    return hub_examples(spec, ds)
+
+
+def hub_examples(spec: TaskSpec, rows) -> list[Example]:
+    """Examples of a hub split (a `datasets.Dataset`, or any iterable of its rows).
+
+    The hub datasets number their labels in `spec.labels` order (GLUE's ClassLabel
+    names, CoNLL-2003's pos_tags names), which tests check against the hub schemas;
+    unlabelled rows (GLUE test splits, label -1) are dropped."""
     out = []
-    for row in ds:
+    for row in rows:
         texts = [row[c] for c in spec.hub_text_columns]
         label: Any = row[spec.hub_label_column]
         if spec.kind == "tagging":
             out.append(Example(list(texts[0]), [int(t) for t in label]))
         elif label is None or (spec.kind == "classification" and int(label) < 0):
-            continue  # GLUE test splits carry no labels (-1)
+            continue
         else:
             out.append(
                 Example(tuple(texts), float(label) if spec.kind == "regression" else int(label))
