@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from bertrep import env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,3 +108,52 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
         mlflow.end_run()
     # delenv of an absent variable records nothing to undo: clean what MLflow exported
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def run_ok(cmd: list[str], store: dict, cwd: Path) -> str:
+    """Run a command, assert it succeeded, return its stdout."""
+    done = subprocess.run(cmd, env=store, cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-4000:])
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tiny_model, data_dir, tmp_path_factory):
+    """The smoke study in one SQLite store, built once per test session: the three smoke
+    sweeps from the tiny BERT (each serving the store through its own MLflow server; the
+    AuFC one through `mlflow run`), then one analysis. env: the environment its commands
+    ran in; stdout: the analysis's; seconds: each sweep's wall time. Tests that change
+    the store work on a copy (`copy_study`)."""
+    tmp = tmp_path_factory.mktemp("study")
+    store = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    store[env.MLFLOW_TRACKING_URI] = f"sqlite:///{tmp / 'mlflow.db'}"
+    store[env.DATA_DIR] = str(data_dir)
+    store[env.CACHE_DIR] = str(tmp / "cache")
+    store["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{store['PATH']}"
+    times = {}
+    for kind in ("single", "aufc", "forgetting"):
+        spec = REPO / "sweeps" / "smoke" / f"{kind}.yaml"
+        overrides = f"base_model={tiny_model}"
+        if kind == "aufc":  # as users start it: `mlflow run`, whose run becomes the parent
+            cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e",
+                   "sweep_aufc", "--env-manager", "local", "-P", f"spec={spec}",
+                   "-P", f"overrides={overrides}"]  # fmt: skip
+        else:
+            cmd = [sys.executable, "-m", "bertrep.sweep", "--spec", str(spec)]
+            cmd += ["--overrides", overrides]
+        started = time.monotonic()
+        run_ok(cmd, store, tmp)
+        times[kind] = time.monotonic() - started
+    analysis = [sys.executable, "-m", "bertrep.analyze", "--spec"]
+    out = run_ok([*analysis, str(REPO / "analysis" / "smoke.yaml")], store, tmp)
+    return {"env": store, "tmp": tmp, "stdout": out, "seconds": times}
+
+
+def copy_study(study: dict, folder: Path) -> dict[str, str]:
+    """A copy of the smoke study's store (database, artifacts, caches) in `folder`; the
+    environment that points at it."""
+    shutil.copytree(study["tmp"], folder)
+    store = dict(study["env"])
+    store[env.MLFLOW_TRACKING_URI] = f"sqlite:///{folder / 'mlflow.db'}"
+    store[env.CACHE_DIR] = str(folder / "cache")
+    return store

@@ -5,7 +5,6 @@ analysis that downloads nothing, the missing-input report, and `figures` from th
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, run_ok
 from mlflow.tracking import MlflowClient
 
 from bertrep import env, server, sweep_runs, tracking
@@ -75,51 +74,15 @@ def test_missing_matrix_cells_are_hatched_and_labelled_never_filled():
 # --- end to end ---
 
 
-def _env(tmp: Path, data_dir: Path) -> dict[str, str]:
-    out = {
-        k: v for k, v in __import__("os").environ.items() if not k.startswith(("MLFLOW_", "RAY_"))
-    }
-    out[env.MLFLOW_TRACKING_URI] = f"{tracking.SQLITE_URI}{tmp / 'mlflow.db'}"
-    out[env.DATA_DIR] = str(data_dir)
-    out[env.CACHE_DIR] = str(tmp / "cache")
-    return out
-
-
-def _run(cmd: list[str], store: dict, cwd: Path) -> str:
-    done = subprocess.run(cmd, env=store, cwd=cwd, capture_output=True, text=True)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-4000:])
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
-def study(tiny_model, data_dir, tmp_path_factory):
-    """The smoke study in one store: the three smoke sweeps, then one analysis."""
-    tmp = tmp_path_factory.mktemp("study")
-    store = _env(tmp, data_dir)
-    for kind in ("single", "aufc", "forgetting"):
-        spec = REPO / "sweeps" / "smoke" / f"{kind}.yaml"
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "bertrep.sweep",
-                "--spec",
-                str(spec),
-                "--overrides",
-                f"base_model={tiny_model}",
-            ],
-            store,
-            tmp,
-        )
-    out = _run(
-        [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")],
-        store,
-        tmp,
-    )
-    # The sweeps logged artifacts through their server: they read back through one too.
-    with server.serve(store[env.MLFLOW_TRACKING_URI], tmp / "outputs") as uri:
+def study(smoke_study):
+    """The smoke study, read through a server: the sweeps logged artifacts through
+    theirs, so they read back through one too."""
+    with server.serve(
+        smoke_study["env"][env.MLFLOW_TRACKING_URI], smoke_study["tmp"] / "outputs"
+    ) as uri:
         with server.tracking_at(uri):
-            yield {"env": store, "tmp": tmp, "stdout": out, "run": _newest_analysis()}
+            yield smoke_study | {"run": _newest_analysis()}
 
 
 def _newest_analysis():
@@ -292,7 +255,7 @@ def test_second_analysis_downloads_nothing_and_figures_redraw_from_tables(study,
     store, tmp = study["env"], study["tmp"]
     first = study["run"]
     assert first.data.metrics[tracking.ANALYSIS_DOWNLOADS] > 0
-    _run(
+    run_ok(
         [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")],
         store,
         tmp,
@@ -302,7 +265,7 @@ def test_second_analysis_downloads_nothing_and_figures_redraw_from_tables(study,
     assert second.data.metrics[tracking.ANALYSIS_DOWNLOADS] == 0
     assert second.data.metrics[tracking.ANALYSIS_CACHE_HITS] > 0
     out = tmp_path / "figures"
-    _run(
+    run_ok(
         [sys.executable, "-m", "bertrep.figures", "--run_id", first.info.run_id, "--out", str(out)],
         store,
         tmp,

@@ -18,11 +18,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, copy_study
 from mlflow.tracking import MlflowClient
 
 from bertrep import env, tracking
+from bertrep.config import TrainConfig
 from bertrep.sweep import main
+from bertrep.train import alone_on_a
 
 SMOKE = REPO / "sweeps" / "smoke" / "aufc.yaml"
 BIN = Path(sys.executable).parent
@@ -74,13 +76,21 @@ def parents(store) -> list:
     return [r for r in runs(store) if r.data.tags.get(tracking.KIND) == tracking.SWEEP_KIND]
 
 
-def check_complete(store, n_trials: int) -> list:
-    """Every trial FINISHED exactly once, as a child of the one parent; nothing RUNNING."""
+def kind_parent(store, kind: str):
+    (parent,) = [p for p in parents(store) if p.data.tags.get(tracking.SWEEP_KIND_TAG) == kind]
+    return parent
+
+
+def check_complete(store, n_trials: int, kind: str | None = None) -> list:
+    """Every trial FINISHED exactly once, as a child of the one parent (of that kind, in a
+    store holding several sweeps); nothing RUNNING."""
     everything = runs(store)
     assert not [r for r in everything if r.info.status == "RUNNING"]
-    (parent,) = parents(store)
+    (parent,) = parents(store) if kind is None else [kind_parent(store, kind)]
     assert parent.info.status == "FINISHED"
     finished = [r for r in training_runs(store) if r.info.status == "FINISHED"]
+    if kind is not None:
+        finished = [r for r in finished if r.data.tags[tracking.PARENT_RUN] == parent.info.run_id]
     keys = Counter(r.data.tags[tracking.CONFIG_KEY] for r in finished)
     assert len(keys) == n_trials and set(keys.values()) == {1}
     assert {r.data.tags[tracking.PARENT_RUN] for r in finished} == {parent.info.run_id}
@@ -88,80 +98,79 @@ def check_complete(store, n_trials: int) -> list:
 
 
 @pytest.mark.slow
-def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(tiny_model, data_dir, tmp_path):
-    store = store_env(tmp_path, data_dir)
-    cmd = [BIN / "mlflow", "run", REPO, "-e", "sweep_aufc", "--env-manager", "local"]
-    cmd += ["-P", f"spec={SMOKE}", "-P", f"overrides=base_model={tiny_model}"]
-    started = time.time()
-    done = subprocess.run([str(c) for c in cmd], env=store, cwd=tmp_path, capture_output=True,
-                          text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    print(f"smoke sweep_aufc: {time.time() - started:.0f}s")
+def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tiny_model, tmp_path):
+    """The smoke study's AuFC sweep, started by `mlflow run`; then a rerun on a copy."""
+    store = copy_study(smoke_study, tmp_path / "study")
+    print(f"smoke sweep_aufc: {smoke_study['seconds']['aufc']:.0f}s")
     # 2 targets x 2 sources x 2 frozen levels x 2 seeds (the sources are the sst2 k=0
-    # runs), and the pretrained model's read-out
-    finished = check_complete(store, 17)
-    (parent,) = parents(store)
+    # runs), and the pretrained model's read-out; SST-2 seed 0 was the single sweep's run
+    finished = check_complete(store, 16, "aufc")
+    parent = kind_parent(store, "aufc")
     assert parent.data.tags[tracking.SWEEP_DIGEST]
+    assert parent.data.tags["mlflow.project.entryPoint"] == "sweep_aufc"  # mlflow run's run
     assert parent.data.metrics[tracking.SWEEP_TRIALS] == 17
+    stored = sum(r.data.metrics[tracking.ARTIFACT_BYTES] for r in finished)
+    assert parent.data.metrics[tracking.SWEEP_ARTIFACT_BYTES] == stored > 0
     client = MlflowClient()
-    versions = client.search_model_versions(SST2_VERSIONS)
-    assert len(versions) == 2 and {v.tags[tracking.SEED] for v in versions} == {"0", "1"}
-    by_key = {v.tags[tracking.CONFIG_KEY]: v for v in versions}
     transfer = [r for r in finished if r.data.tags[tracking.SOURCE_TASK] == "sst2"]
     assert len(transfer) == 8
+    sources = set()
     for r in transfer:
         name, version = r.data.tags[tracking.BASE_MODEL][len(tracking.MODELS_URI) :].split("/")
         source = client.get_model_version(name, version)
         assert source.tags[tracking.SEED] == r.data.tags[tracking.SEED]
-        assert source.tags[tracking.CONFIG_KEY] in by_key
+        origin = client.get_run(source.run_id)  # full fine-tuning of SST-2, same seed
+        assert origin.data.tags[tracking.CONFIG_KEY] == source.tags[tracking.CONFIG_KEY]
+        assert (origin.data.tags[tracking.MODE], origin.data.params["lr"]) == ("single", "0.001")
+        sources.add(source.version)
+    assert len(sources) == 2  # one source per seed
     startup = [r.data.metrics[tracking.TRIAL_STARTUP] for r in finished]
     assert all(math.isfinite(s) and s > 0 for s in startup)
     # workers are reused: start-up (imports, data, weights) is paid once per worker
     assert max(r.data.metrics[tracking.TRIAL_INDEX] for r in finished) > 1
     # a second run finds every key FINISHED and trains nothing
+    before = len(training_runs(store))
     again = subprocess.run(sweep_cmd(tiny_model), env=store, cwd=tmp_path, capture_output=True,
                            text=True)  # fmt: skip
     assert again.returncode == 0, again.stderr[-4000:]
-    assert len(training_runs(store)) == 17
+    assert len(training_runs(store)) == before
     assert not [r for r in runs(store) if r.info.status == "RUNNING"]
-
-
-def run_smoke_spec(kind: str, tiny_model, data_dir, tmp_path) -> dict[str, str]:
-    """Run sweeps/smoke/<kind>.yaml from the tiny model into a fresh store; its env."""
-    store = store_env(tmp_path, data_dir)
-    spec = REPO / "sweeps" / "smoke" / f"{kind}.yaml"
-    cmd = sweep_cmd(tiny_model, "", "--kind", kind, spec=spec)
-    done = subprocess.run(cmd, env=store, cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return store
+    newest = max(parents(store), key=lambda p: p.info.start_time)
+    assert newest.data.metrics[tracking.SWEEP_SKIPPED] == 17
 
 
 @pytest.mark.slow
-def test_forgetting_sweep_trains_its_source_then_both_modes(tiny_model, data_dir, tmp_path):
-    store = run_smoke_spec("forgetting", tiny_model, data_dir, tmp_path)
-    finished = check_complete(store, 3)  # the SST-2 source, then sequential and shuffled
+def test_forgetting_sweep_starts_both_modes_from_its_source(smoke_study):
+    store = smoke_study["env"]
+    # the SST-2 source is the one the earlier sweeps trained (one config key): skipped
+    finished = check_complete(store, 2, "forgetting")
     by_mode = {r.data.tags[tracking.MODE]: r for r in finished}
-    (version,) = MlflowClient().search_model_versions(SST2_VERSIONS)
-    uri = f"{tracking.MODELS_URI}{tracking.registered_model_name('sst2')}/{version.version}"
-    assert by_mode["single"].info.run_id == version.run_id
-    assert by_mode["sequential"].data.tags[tracking.BASE_MODEL] == uri  # starts from A
-    assert by_mode["shuffled"].data.params["reference_model"] == uri  # drift against A
+    uri = by_mode["sequential"].data.tags[tracking.BASE_MODEL]  # starts from A ...
+    assert by_mode["shuffled"].data.params["reference_model"] == uri  # ... drift against A
+    name, version = uri[len(tracking.MODELS_URI) :].split("/")
+    source = MlflowClient().get_run(MlflowClient().get_model_version(name, version).run_id)
+    assert source.data.tags[tracking.CONFIG_KEY] == alone_on_a_key(by_mode["sequential"])
     for mode in ("sequential", "shuffled"):
         run_id = by_mode[mode].info.run_id
         drift = MlflowClient().get_metric_history(run_id, tracking.drift_metric("sst2", 2))
         assert sorted(m.step for m in drift) == [0, 1, 2, 3]  # fractions of 3 updates
 
 
+def alone_on_a_key(run) -> str:
+    """The config key of full fine-tuning on A with the run's settings (its source)."""
+    return alone_on_a(TrainConfig.from_dict(run.data.params)).key()
+
+
 @pytest.mark.slow
-def test_single_sweep_keeps_its_deliberately_failed_run(tiny_model, data_dir, tmp_path):
-    store = run_smoke_spec("single", tiny_model, data_dir, tmp_path)
-    finished = check_complete(store, 3)
+def test_single_sweep_keeps_its_deliberately_failed_run(smoke_study):
+    store = smoke_study["env"]
+    finished = check_complete(store, 3, "single")
     failed = [r for r in finished if float(r.data.params["lr"]) >= 1e3]
     (bad,) = failed
     assert bad.data.tags[tracking.DIVERGED] == "true" and bad.data.tags[tracking.DIVERGED_REASON]
     # the sweep's server stored artifacts beside the store (mlflow-artifacts:/ URIs)
-    files = list(tmp_path.glob(f"**/{bad.info.run_id}/artifacts/activations/sst2/*.parquet"))
-    assert files, "a diverged run keeps its activations"
+    artifacts = smoke_study["tmp"].glob(f"**/{bad.info.run_id}/artifacts/activations/sst2/*")
+    assert list(artifacts), "a diverged run keeps its activations"
 
 
 @pytest.mark.slow
@@ -174,9 +183,11 @@ def test_moved_data_folder_trains_nothing_new(tiny_model, data_dir, tmp_path):
         for file in (data_dir / task).iterdir():
             shutil.copyfile(file, first / task / file.name)  # real files, never links
     store = store_env(tmp_path, first)
-    grid = "task=[stsb],source_task=[sst2],frozen_layers=[0],seed=[0]"  # a source, a target
-    done = subprocess.run(sweep_cmd(tiny_model, grid), env=store, cwd=tmp_path,
-                          capture_output=True, text=True)  # fmt: skip
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["grid"] = {"task": "stsb", "source_task": "sst2", "frozen_layers": 0, "seed": 0}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(spec))  # a source, then one target
+    cmd = sweep_cmd(tiny_model, spec=tmp_path / "one.yaml")
+    done = subprocess.run(cmd, env=store, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     check_complete(store, 2)
     moved = tmp_path / "elsewhere" / "moved-data"
@@ -184,8 +195,7 @@ def test_moved_data_folder_trains_nothing_new(tiny_model, data_dir, tmp_path):
     shutil.move(first, moved)
     assert not first.exists() and not any(p.is_symlink() for p in moved.rglob("*"))
     store[env.DATA_DIR] = str(moved)
-    again = subprocess.run(sweep_cmd(tiny_model, grid), env=store, cwd=tmp_path,
-                           capture_output=True, text=True)  # fmt: skip
+    again = subprocess.run(cmd, env=store, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-4000:]
     assert len(training_runs(store)) == 2
     (rerun,) = [p for p in parents(store) if p.data.metrics.get(tracking.SWEEP_SKIPPED) == 1]
@@ -198,7 +208,7 @@ def test_moved_data_folder_trains_nothing_new(tiny_model, data_dir, tmp_path):
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path):
     store = store_env(tmp_path, data_dir)
-    proc = subprocess.Popen(sweep_cmd(tiny_model), env=store, cwd=tmp_path,
+    proc = subprocess.Popen(sweep_cmd(tiny_model, "seed=[0]"), env=store, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     try:
@@ -220,11 +230,11 @@ def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path)
         except ProcessLookupError:
             pass
         proc.wait()
-    assert len([r for r in training_runs(store) if r.info.status == "FINISHED"]) < 17
-    resumed = subprocess.run(sweep_cmd(tiny_model, "", "--resume"), env=store, cwd=tmp_path,
-                             capture_output=True, text=True)  # fmt: skip
+    assert len([r for r in training_runs(store) if r.info.status == "FINISHED"]) < 9
+    resumed = subprocess.run(sweep_cmd(tiny_model, "seed=[0]", "--resume"), env=store,
+                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    check_complete(store, 17)
+    check_complete(store, 9)  # seed 0 of the grid, and the read-out
 
 
 @pytest.fixture
@@ -257,9 +267,22 @@ def ray_cluster(tmp_path):
 def test_sweep_on_a_two_node_ray_cluster(tiny_model, data_dir, tmp_path, ray_cluster):
     cluster = {env.RAY_ADDRESS: ray_cluster, "RAY_AUTH_MODE": "disabled"}
     store = store_env(tmp_path, data_dir) | cluster
+    # An experiment made straight on the SQLite file keeps artifacts in a local folder,
+    # which trials on the other node would fill on their own disk: refused, nothing run.
+    mlflow.set_tracking_uri(store[env.MLFLOW_TRACKING_URI])
+    local = mlflow.create_experiment("made-before")
+    assert tracking.is_local_location(mlflow.get_experiment(local).artifact_location)
+    refused = subprocess.run(sweep_cmd(tiny_model, "seed=[0]"), cwd=tmp_path, text=True,
+                             env=store | {env.MLFLOW_EXPERIMENT_NAME: "made-before"},
+                             capture_output=True)  # fmt: skip
+    assert refused.returncode == 1 and "which the other 1 node(s) cannot reach" in refused.stderr
+    assert not training_runs(store) and parents(store)[0].info.status == "FAILED"
+    MlflowClient().delete_run(parents(store)[0].info.run_id)
     done = subprocess.run(sweep_cmd(tiny_model, "seed=[0]"), env=store, cwd=tmp_path,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     finished = check_complete(store, 9)  # seed 0 of the grid, and the read-out
     nodes = {r.data.tags[tracking.RAY_NODE_ID] for r in finished}
     assert len(nodes) == 2
+    # every trial's artifacts went through the sweep's server, whichever node ran it
+    assert all(r.info.artifact_uri.startswith(tracking.ARTIFACTS_URI) for r in finished)

@@ -41,9 +41,11 @@ def train_run(key: str, status: str = "FINISHED", **tags) -> str:
 
 def test_find_source_is_the_newest_version_with_that_config_key(mlflow_store):
     assert tracking.find_source("sst2", "k1") is None  # no registered model yet
-    first = tracking.register_checkpoint(train_run("k1"), "sst2", {tracking.CONFIG_KEY: "k1"})
-    tracking.register_checkpoint(train_run("k2"), "sst2", {tracking.CONFIG_KEY: "k2"})
-    newest = tracking.register_checkpoint(train_run("k1"), "sst2", {tracking.CONFIG_KEY: "k1"})
+    first, _, newest = (
+        tracking.register_model("sst2", f"runs:/{run}/model", run, {tracking.CONFIG_KEY: key})
+        for key in ("k1", "k2", "k1")
+        for run in [train_run(key)]
+    )
     assert (first, newest) == ("models:/bertrep-sst2/1", "models:/bertrep-sst2/3")
     assert tracking.find_source("sst2", "k1") == newest
     assert tracking.find_source("sst2", "k2") == "models:/bertrep-sst2/2"
@@ -113,8 +115,11 @@ def test_download_model_fetches_a_registered_checkpoint(mlflow_store, tmp_path):
     (folder / "config.json").write_text("{}")
     with tracking.start_run("t") as run:
         tracking.log_artifact(folder, tracking.CHECKPOINT)
-    uri = tracking.register_checkpoint(run.info.run_id, "pos", {tracking.SEED: 0})
+    source = f"runs:/{run.info.run_id}/{tracking.CHECKPOINT}"
+    uri = tracking.register_model("pos", source, run.info.run_id, {tracking.SEED: 0})
+    assert uri == "models:/bertrep-pos/1"
     local = tracking.download_model(uri)
+    assert tracking.download_model("models:/bertrep-pos@seed0") == local  # the seed's alias
     assert (Path(local) / "config.json").read_text() == "{}"
     assert tracking.download_model(uri) == local  # cached
     with pytest.raises(ValueError, match="names no version"):

@@ -88,7 +88,9 @@ def test_one_run_per_task(tiny_model, data_dir, mlflow_store, task, metric):
     files = artifacts(run_id)
     table = f"activations/{task}/step_4.parquet"
     assert table in files and f"probes/{task}.parquet" in files
-    assert "checkpoint/model.safetensors" in files and "checkpoint/heads.safetensors" in files
+    # full fine-tuning from the pretrained model: a registered MLflow Model, no checkpoint
+    assert r.data.tags[tracking.REGISTERED_AS] == f"models:/bertrep-{task}/1"
+    assert not any(f.startswith(tracking.CHECKPOINT) for f in files)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=table)
     t = pq.read_table(local)
     assert [c for c in t.column_names if c.startswith("layer_")] == [
@@ -109,6 +111,18 @@ def test_frozen_run_keeps_the_prefix_and_loads_back(tiny_model, data_dir, mlflow
     assert same_weights(tuned.embeddings, base.embeddings)
     assert same_weights(tuned.encoder.layer[0], base.encoder.layer[0])
     assert not same_weights(tuned.encoder.layer[1], base.encoder.layer[1])
+    # the bytes it reports are those of what it stored (beside the config, written by MLflow)
+    sizes = {a.path: a.file_size for a in list_all(run_id)}
+    stored = sum(v for k, v in sizes.items() if k != tracking.CONFIG_FILE)
+    reported = MlflowClient().get_run(run_id).data.metrics[tracking.ARTIFACT_BYTES]
+    assert reported == stored and any(k.startswith(tracking.CHECKPOINT) for k in sizes)
+
+
+def list_all(run_id: str, path: str | None = None) -> list:
+    out = []
+    for item in MlflowClient().list_artifacts(run_id, path):
+        out += list_all(run_id, item.path) if item.is_dir else [item]
+    return out
 
 
 def test_run_starts_from_another_run_and_probes_other_tasks(tiny_model, data_dir, mlflow_store):

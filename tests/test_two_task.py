@@ -4,10 +4,12 @@ checkpoint series, both scores and per-layer CKA on both probe sets at every che
 from __future__ import annotations
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from bertrep import tracking
 from bertrep.config import Runtime, TrainConfig
+from bertrep.model import load_model
 from bertrep.train import alone_on_a, checkpoint_steps, run
 
 pytestmark = pytest.mark.slow
@@ -84,9 +86,15 @@ def test_sequential_from_a_registered_model_keeps_its_head(tiny_model, data_dir,
                          probe_tokens=100)  # fmt: skip
     run(single, QUIET)
     uri = tracking.find_registered("sst2", {tracking.SEED: "0"})
-    cfg = two_task(tiny_model, data_dir, base_model=uri, frozen_layers=1)
+    cfg = two_task(tiny_model, data_dir, base_model=uri, frozen_layers=1, save_checkpoint=True)
     run_id = run(cfg, QUIET)
     assert history(run_id, tracking.phase_metric(tracking.A_PHASE, "loss")) == {}  # A phase skipped
+    # Two heads fit no Hugging Face class: the run's checkpoint loads with both, and the B
+    # phase never touched A's head, so it is the registered model's.
+    both, _, meta = load_model(f"runs:/{run_id}/{tracking.CHECKPOINT}", [])
+    assert list(both.heads) == meta["heads"] == ["sst2", "pos"]
+    source, _, _ = load_model(uri, [])
+    assert torch.equal(both.heads["sst2"].out.weight, source.heads["sst2"].out.weight)
     start = history(run_id, tracking.eval_metric("accuracy", "sst2"))[0]
     registered = MlflowClient().search_runs(
         [MlflowClient().get_run(run_id).info.experiment_id], "tags.mode = 'single'"

@@ -63,6 +63,7 @@ class Context:
     run_id: str
     folder: Path  # where artifacts are written before they are logged
     runtime: Runtime
+    logged_elsewhere: int = 0  # bytes of artifacts logged from outside `folder` (a model)
 
 
 def load_task_data(cfg: TrainConfig, task: str, tokenizer) -> TaskData:

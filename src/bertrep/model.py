@@ -7,7 +7,8 @@ records nothing below block k + 1.
 
 A checkpoint is a Hugging Face model folder (encoder config, weights and
 tokenizer, loadable with `AutoModel.from_pretrained`) plus the heads
-(`heads.safetensors`) and `bertrep.json` describing them.
+(`heads.safetensors`) and `bertrep.json` describing them. `load_model` also reads an
+MLflow Model that `mlmodel.log_model` wrote (a registered source model).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
@@ -30,6 +33,7 @@ from bertrep.tasks import TaskSpec, get_task
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "bertrep.json"
+MLMODEL_FILE = "MLmodel"  # an MLflow Model's description
 
 
 def minilm_path() -> Path:
@@ -172,27 +176,58 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
     keeps A's head); the others start fresh (transfer trains a fresh head for B).
     """
     path = resolve_model_path(base_model)
-    encoder, tokenizer = _load_pretrained(path)
-    encoder = copy.deepcopy(encoder)
-    meta: dict = {}
-    model = TaskModel(encoder, [])
-    if os.path.isfile(os.path.join(path, META_FILE)):
-        with open(os.path.join(path, META_FILE)) as f:
-            meta = json.load(f)
-        for task in meta.get("heads", []):
-            model.add_head(task)
-        model.heads.load_state_dict(load_file(os.path.join(path, HEADS_FILE)))
+    if os.path.isfile(os.path.join(path, MLMODEL_FILE)):
+        weights, tokenizer_path, meta = mlflow_parts(path)
+        (task,) = meta["heads"]
+        heads = _mlflow_head(weights, task)
+    else:
+        weights = tokenizer_path = path
+        meta, heads = {}, {}
+        if os.path.isfile(os.path.join(path, META_FILE)):
+            with open(os.path.join(path, META_FILE)) as f:
+                meta = json.load(f)
+            heads = load_file(os.path.join(path, HEADS_FILE))
+    encoder, tokenizer = _load_pretrained(weights, tokenizer_path)
+    model = TaskModel(copy.deepcopy(encoder), [])
+    for task in meta.get("heads", []):
+        model.add_head(task)
+    model.heads.load_state_dict(heads)
     for task in tasks:
         if task not in model.heads:
             model.add_head(task)
     return model, tokenizer, meta
 
 
+def mlflow_parts(path: str) -> tuple[str, str, dict]:
+    """The Hugging Face model folder, the tokenizer folder and bertrep's metadata of an
+    MLflow Model logged with the transformers flavor by `mlmodel.log_model`."""
+    with open(os.path.join(path, MLMODEL_FILE)) as f:
+        described = yaml.safe_load(f)
+    flavor = described.get("flavors", {}).get("transformers")
+    meta = (described.get("metadata") or {}).get(tracking.MODEL_META)
+    if flavor is None or meta is None:
+        raise ValueError(f"{path} is an MLflow Model, but not one bertrep logged")
+    tokenizer = os.path.join(path, "components", "tokenizer")
+    return os.path.join(path, flavor["model_binary"]), tokenizer, meta
+
+
+def _mlflow_head(weights: str, task: str) -> dict[str, torch.Tensor]:
+    """`task`'s head in a Hugging Face BERT model with a head (its `classifier` layer),
+    keyed as TaskModel.heads keys it."""
+    head = {}
+    for file in sorted(Path(weights).glob("*.safetensors")):
+        with safe_open(file, "pt") as shard:
+            for key in shard.keys():
+                if key.startswith("classifier."):
+                    head[f"{task}.out.{key.removeprefix('classifier.')}"] = shard.get_tensor(key)
+    return head
+
+
 @lru_cache(maxsize=4)
-def _load_pretrained(path: str):
+def _load_pretrained(path: str, tokenizer_path: str):
     """Encoder and tokenizer of a folder or hub id, loaded once per process: a sweep
     worker runs many trials from the same few models. Callers copy the encoder."""
-    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(tokenizer_path)
 
 
 def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict) -> Path:

@@ -121,6 +121,23 @@ def ray_session(env_vars: dict[str, str]) -> Iterator[None]:
             ray.shutdown()
 
 
+def check_artifacts_reach_driver(exp_id: str) -> None:
+    """On a cluster of several nodes, refuse an experiment whose artifacts go to a local
+    folder: each trial would write them to its own node's disk, out of the driver's
+    reach. (An experiment the sweep's server created stores them through the server.)"""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    location = tracking.mlflow.get_experiment(exp_id).artifact_location
+    if len(nodes) > 1 and tracking.is_local_location(location):
+        raise SweepFailed(
+            f"experiment {exp_id} stores artifacts in the local folder {location}, which the "
+            f"other {len(nodes) - 1} node(s) cannot reach: set MLFLOW_EXPERIMENT_NAME to a new "
+            "experiment (the sweep creates it through its tracking server), or use a "
+            "tracking server whose artifact store every node shares"
+        )
+
+
 def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict) -> dict[str, int]:
     """Run the configs without a FINISHED run as one Tune grid; counts of what happened."""
     import ray
@@ -220,8 +237,13 @@ def sweep(spec: Spec, resume: bool = False) -> str:
             }
             forwarded = {k: os.environ[k] for k in env.FORWARDED if k in os.environ}
             with ray_session(forwarded | {env.MLFLOW_TRACKING_URI: uri}):
+                check_artifacts_reach_driver(exp_id)
                 counts = run_grid(spec, context)
+            counts["artifact_bytes"] = sweep_runs.artifact_bytes(parent)
             sweep_runs.log_counts(parent, _sweep_metrics(counts))
+            print(f"sweep {spec.name}: its runs stored {counts['artifact_bytes'] / 2**20:,.1f} MiB "
+                  "of artifacts")  # fmt: skip
+            print(f"runs: {tracking.runs_page(store, exp_id)}")
             status = "FINISHED"
     except (SweepInterrupted, KeyboardInterrupt):
         status = "KILLED"
@@ -237,6 +259,7 @@ def _sweep_metrics(counts: dict[str, int]) -> dict[str, float]:
         tracking.SWEEP_TRIALS: counts["trials"],
         tracking.SWEEP_SKIPPED: counts["skipped"],
         tracking.SWEEP_FAILED: counts["failed"],
+        tracking.SWEEP_ARTIFACT_BYTES: counts["artifact_bytes"],
     }
 
 

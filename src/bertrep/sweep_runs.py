@@ -155,3 +155,12 @@ def sweep_kind(run) -> str:
 def log_sweep_runs(parent_id: str, runs: dict[str, str]) -> None:
     """Which run stands for each of the sweep's configs (trained now or before)."""
     _client().log_text(parent_id, json.dumps(runs, indent=1), tracking.SWEEP_RUNS_FILE)
+
+
+def artifact_bytes(parent_id: str) -> int:
+    """Bytes of artifacts stored by the runs this sweep trained (its children)."""
+    query = f"tags.`{tracking.PARENT_RUN}` = '{parent_id}'"
+    runs = mlflow.search_runs(
+        filter_string=query, output_format="list", search_all_experiments=True
+    )
+    return int(sum(r.data.metrics.get(tracking.ARTIFACT_BYTES, 0) for r in runs))

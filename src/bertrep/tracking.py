@@ -41,6 +41,7 @@ DEFAULT_EXPERIMENT = "bertrep"
 
 # URI schemes
 MODELS_URI = "models:/"  # models:/<name>/<version>, models:/<name>@<alias>
+LOGGED_MODELS_URI = "models:/m-"  # models:/<model id>: a logged model, not a registered one
 RUNS_URI = "runs:/"  # runs:/<run id>/<artifact path>
 MODEL_URIS = (MODELS_URI, RUNS_URI)  # what base_model and reference_model may name
 ARTIFACTS_URI = "mlflow-artifacts:/"  # artifacts proxied by a tracking server
@@ -104,9 +105,12 @@ NORM_SCORE = eval_metric("norm_score")
 BEST_SCORE = "eval/best"
 FINAL_SCORE = "final/score"
 FINAL_NORM_SCORE = "final/norm_score"
+ARTIFACT_BYTES = "artifacts/bytes"  # what a run stored: tables, checkpoint or model
 
 # artifacts
-CHECKPOINT = "checkpoint"
+CHECKPOINT = "checkpoint"  # a run's model as bertrep writes it (model.save_checkpoint)
+MODEL_NAME = "model"  # the MLflow Model a source run logs (mlmodel.log_model)
+MODEL_META = "bertrep"  # its MLmodel metadata key: what model.load_model needs
 CONFIG_FILE = "config.json"
 
 
@@ -292,17 +296,30 @@ def ensure_registered_model(task: str) -> None:
                 raise
 
 
-def register_checkpoint(run_id: str, task: str, tags: dict) -> str:
-    """Register the run's checkpoint as a new version of `bertrep-<task>`; its URI."""
+def register_model(task: str, source: str, run_id: str, tags: dict) -> str:
+    """Register `source` (a logged model's models:/m-... URI, or runs:/<id>/<path>) as a
+    new version of `bertrep-<task>` tagged with `tags` and the run; its models:/ URI.
+    The alias seed<s> (tags[SEED] = s) moves to it: the newest source of that seed."""
     name = registered_model_name(task)
     ensure_registered_model(task)
+    tags = {k: str(v) for k, v in tags.items()} | {RUN_ID: run_id}
+    logged = source.removeprefix(MODELS_URI) if source.startswith(LOGGED_MODELS_URI) else None
     version = _client().create_model_version(
-        name,
-        source=f"{RUNS_URI}{run_id}/{CHECKPOINT}",
-        run_id=run_id,
-        tags={k: str(v) for k, v in tags.items()} | {RUN_ID: run_id},
+        name, source=source, run_id=run_id, tags=tags, model_id=logged
     )
+    if SEED in tags:
+        _client().set_registered_model_alias(name, f"seed{tags[SEED]}", version.version)
     return f"{MODELS_URI}{name}/{version.version}"
+
+
+def is_local_location(location: str) -> bool:
+    """An artifact location on this machine's disk (a path or file: URI), not a store."""
+    return location.startswith(("/", FILE_URI, "file:")) or "://" not in location
+
+
+def model_bytes(model_uri: str) -> int:
+    """The size MLflow recorded for a logged model (its MLmodel's model_size_bytes)."""
+    return int(mlflow.models.Model.load(model_uri).model_size_bytes or 0)
 
 
 def find_registered(task: str, tags: dict) -> str | None:
@@ -362,6 +379,7 @@ TRIAL_INDEX = "trial/worker_index"  # 1 for a worker's first trial, 2 for its se
 SWEEP_TRIALS = "sweep/trials"
 SWEEP_SKIPPED = "sweep/skipped"  # trials whose config key already had a FINISHED run
 SWEEP_FAILED = "sweep/failed"
+SWEEP_ARTIFACT_BYTES = "sweep/artifact_bytes"  # summed over the runs the sweep trained
 SWEEP_SPEC_FILE = "sweep/spec.yaml"
 SWEEP_TRIALS_FILE = "sweep/trials.json"
 SWEEP_KIND_TAG = "sweep.kind"  # single | aufc | forgetting

@@ -17,8 +17,9 @@ are scored, activations are extracted on both probe sets, and each layer's CKA
 against the model fine-tuned on A alone is logged as a metric.
 
 Every run logs its params and tags, per-step loss and learning rate, eval scores
-(raw, chance, normalized), throughput, the checkpoint, the probe sets and the
-Parquet activation tables of every hidden state on each probe set.
+(raw, chance, normalized), throughput, the model (a source run: an MLflow Model,
+registered as `bertrep-<task>`; see mlmodel), the probe sets and the Parquet
+activation tables of every hidden state on each probe set.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from bertrep import tracking
+from bertrep import mlmodel, tracking
 from bertrep.config import TWO_TASK_MODES, Runtime, TrainConfig, add_arguments, from_namespace
 from bertrep.forgetting import drift
 from bertrep.loop import Context, TaskData, load_task_data, log_eval, optimise
@@ -227,6 +228,7 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
                 fine_tune(ctx, model, tokenizer, base_meta, target, source, probes)
             else:
                 log_activations(model, probes, ctx.folder, ctx.run_id, 0, pad_id=ctx.pad_id)
+            ctx.metrics.log({tracking.ARTIFACT_BYTES: artifact_bytes(ctx)}, 0)
             ctx.metrics.flush()
     return active.info.run_id
 
@@ -262,6 +264,8 @@ def fine_tune(ctx: Context, model, tokenizer, base_meta: dict, target, source, p
 
 
 def log_checkpoint(ctx: Context, model: TaskModel, tokenizer, base_meta: dict) -> None:
+    """A source run logs its model as an MLflow Model and registers it; any other run
+    writes bertrep's checkpoint folder (a two-task model keeps both heads)."""
     cfg = ctx.cfg
     meta = {
         "base_model": cfg.base_model,
@@ -270,11 +274,20 @@ def log_checkpoint(ctx: Context, model: TaskModel, tokenizer, base_meta: dict) -
         "frozen_layers": cfg.frozen_layers,
         "base": base_meta,  # the checkpoint this run started from, as it described itself
     }
+    if cfg.registers_source:
+        logged = mlmodel.log_model(model, tokenizer, cfg.task, meta)
+        ctx.logged_elsewhere += tracking.model_bytes(logged)
+        uri = tracking.register_model(cfg.task, logged, ctx.run_id, source_tags(cfg))
+        tracking.set_tags({tracking.REGISTERED_AS: uri})
+        return
     save_checkpoint(model, tokenizer, ctx.folder / tracking.CHECKPOINT, meta)
     tracking.log_artifact(ctx.folder / tracking.CHECKPOINT, tracking.CHECKPOINT)
-    if cfg.registers_source:
-        uri = tracking.register_checkpoint(ctx.run_id, cfg.task, source_tags(cfg))
-        tracking.set_tags({tracking.REGISTERED_AS: uri})
+
+
+def artifact_bytes(ctx: Context) -> int:
+    """Bytes of every artifact the run logged: what it wrote to its folder, and its model."""
+    written = sum(p.stat().st_size for p in ctx.folder.rglob("*") if p.is_file())
+    return written + ctx.logged_elsewhere
 
 
 def source_tags(cfg: TrainConfig) -> dict[str, str]:
