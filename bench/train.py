@@ -3,7 +3,7 @@ data, batch size, length and steps (dynamic padding on both), and a k-frozen run
 relative to k = 0 for every k, on this machine's CPU threads.
 
     python bench/train.py              # MiniLM, SST-2 (../shared/data), batch 32, 40 updates
-    python bench/train.py --quick      # a tiny random BERT, seconds (the test runs this)
+    python bench/train.py --quick      # a tiny random BERT, seconds
 
 Every timing is the wall clock of the updates alone (batches fetched, forward,
 backward, clipping, AdamW, schedule), after one warm-up update that is not counted;
@@ -34,7 +34,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny random BERT, few steps")
     p.add_argument("--model", default="minilm", help="base model (minilm, folder, hub id)")
-    p.add_argument("--task", default="sst2")
+    p.add_argument(
+        "--task",
+        default="sst2",
+        choices=["sst2", "mnli", "rte"],
+        help="a classification task (Trainer's side builds a classifier)",
+    )
     p.add_argument(
         "--data_dir",
         default=os.environ.get("BERTREP_DATA_DIR", str(REPO.parent / "shared" / "data")),
@@ -107,6 +112,7 @@ def trainer(cfg, group_by_length: bool) -> tuple[float, int]:
 
     from bertrep.loop import load_task_data
     from bertrep.model import load_model, resolve_model_path
+    from bertrep.tasks import get_task
 
     path = resolve_model_path(cfg.base_model)
     _, tokenizer, _ = load_model(cfg.base_model, [cfg.task])
@@ -116,7 +122,9 @@ def trainer(cfg, group_by_length: bool) -> tuple[float, int]:
              "attention_mask": [1] * len(data.input_ids[i]),
              "labels": int(data.labels[i])} for i in range(len(data))]  # fmt: skip
     torch.manual_seed(cfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=get_task(cfg.task).num_labels
+    )
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,9 +97,12 @@ def test_pyfunc_predicts_labels_and_scores_on_raw_text(store):
     assert set(out["label"]) <= {"negative", "positive"} and out["score"].between(0.5, 1).all()
     stsb = mlflow.pyfunc.load_model(store["sources"]["stsb"][0]).predict(PAIRS)
     assert len(stsb) == 2 and stsb["score"].dtype == np.float64
-    pos = mlflow.pyfunc.load_model(store["sources"]["pos"][0])
-    (tags,) = pos.predict(["EU rejects German call ."])
-    assert set(tags.split(",")) <= set(label_names("pos")) and len(tags.split(",")) == 5
+    # POS: MLflow joins the sub-tokens' tags with commas (CoNLL has a "," tag too)
+    (tags,) = mlflow.pyfunc.load_model(store["sources"]["pos"][0]).predict(["EU rejects it ."])
+    tagger = mlflow.transformers.load_model(store["sources"]["pos"][0])
+    assert tags == ",".join(t["entity"] for t in tagger("EU rejects it ."))
+    tokens = tagger.tokenizer("EU rejects it .")["input_ids"]
+    assert len(tagger("EU rejects it .")) == len(tokens) - 2  # every sub-token but [CLS], [SEP]
 
 
 def bertrep_predictions(uri: str, task: str, examples: list) -> np.ndarray:
@@ -190,13 +194,13 @@ def test_mlflow_models_serve_answers_a_prediction_request(store, tmp_path):
     try:
         ping = f"http://127.0.0.1:{port}/ping"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
+        up = False
+        while not up and time.monotonic() < deadline and proc.poll() is None:
             try:
-                if urllib.request.urlopen(ping, timeout=2).status == 200:
-                    break
+                up = urllib.request.urlopen(ping, timeout=2).status == 200
             except OSError:
                 time.sleep(0.5)  # not up yet: poll again until the deadline
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        assert up, (tmp_path / "serve.log").read_text()[-3000:]
         body = json.dumps(
             {"dataframe_split": {"columns": ["text"], "data": [[s] for s in SENTENCES]}}
         )
@@ -207,10 +211,42 @@ def test_mlflow_models_serve_answers_a_prediction_request(store, tmp_path):
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            proc.wait(30)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         log.close()
     local = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": SENTENCES}))
     served = pd.DataFrame(answer["predictions"])
     assert list(served["label"]) == list(local["label"])
     np.testing.assert_allclose(served["score"], local["score"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_non_bert_source_registers_its_checkpoint(tmp_path, data_dir, mlflow_store):
+    """No Hugging Face head class equals bertrep's on a RoBERTa encoder: the source
+    registers bertrep's checkpoint folder, which transfer still starts from."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    from bertrep.config import Runtime, TrainConfig
+    from bertrep.model import minilm_path
+    from bertrep.train import run
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=64, type_vocab_size=2,
+                           max_position_embeddings=160,
+                           pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    RobertaModel(config).save_pretrained(tmp_path / "roberta")
+    tokenizer.save_pretrained(tmp_path / "roberta")
+    cfg = TrainConfig(base_model=str(tmp_path / "roberta"), data_dir=str(data_dir), task="sst2",
+                      max_steps=2, batch_size=8, max_train_examples=16, max_eval_examples=16,
+                      probe_tokens=50)  # fmt: skip
+    run_id = run(cfg, Runtime(progress=False))
+    uri = MlflowClient().get_run(run_id).data.tags[tracking.REGISTERED_AS]
+    version = MlflowClient().get_model_version("bertrep-sst2", uri.rsplit("/", 1)[1])
+    assert version.source == f"runs:/{run_id}/{tracking.CHECKPOINT}"
+    model, _, _ = load_model(uri, ["stsb"])
+    assert model.encoder.config.model_type == "roberta" and list(model.heads) == ["sst2", "stsb"]

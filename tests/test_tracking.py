@@ -26,6 +26,10 @@ def test_metric_and_tag_names():
     assert tracking.registered_model_name("pos") == "bertrep-pos"
     assert tracking.is_model_uri("models:/bertrep-pos/1") and tracking.is_model_uri("runs:/r/c")
     assert not tracking.is_model_uri("minilm") and not tracking.is_model_uri("/models/x")
+    for local in ("/srv/mlruns/1", "file:///srv/mlruns/1", "file:/x", "mlruns/1", "C:\\mlruns"):
+        assert tracking.is_local_location(local), local
+    for store in ("mlflow-artifacts:/1", "s3://bucket/1", "dbfs:/databricks/mlflow/1"):
+        assert not tracking.is_local_location(store), store
     assert tracking.is_server_uri("https://mlflow.example") and not tracking.is_server_uri(
         "sqlite:///mlflow.db"
     )

@@ -92,13 +92,14 @@ def profile_flops(n: int, widths_x: Sequence[int], widths_y: Sequence[int]) -> d
     """Floating-point operations of each exact route for a profile of n rows.
 
     A general product of (a, k) by (k, b) counts 2·a·k·b, a symmetric one (syrk) a·a·k.
-    gram: every layer's Gram n²·p (symmetric), inner products of all pairs and self
-    terms 2·n²·(Lx·Ly + Lx + Ly) (an upper bound: tiles cover a bit more than half).
+    gram: every layer's Gram n²·p (symmetric), then the inner products of all layers'
+    Grams, both models at once, (Lx + Ly)²·n²/2 (symmetric, over the upper half of
+    each Gram).
     feature: XᵀY for all pairs 2·n·P·Q, each layer's XᵀX 2·n·p².
     """
     px, py = list(widths_x), list(widths_y)
     lx, ly = len(px), len(py)
-    gram = n * n * (sum(px) + sum(py) + 2 * (lx * ly + lx + ly))
+    gram = n * n * (sum(px) + sum(py) + (lx + ly) ** 2 / 2)
     feature = 2 * n * (sum(px) * sum(py) + sum(w * w for w in px + py))
     return {"gram": float(gram), "feature": float(feature)}
 
@@ -149,7 +150,7 @@ def cka_profiles(
     if route != "feature":
         raise ValueError(f"route must be 'auto', 'gram' or 'feature', got {route!r}")
     width = sum(x.shape[1] for x in xs) + sum(y.shape[1] for y in ys)
-    chunk = max(1, _FEATURE_CHUNK_BYTES // (ops.itemsize * width))
+    chunk = max(1, _FEATURE_CHUNK_BYTES // (8 * width))  # the stacked copy is float64
     # Its sums are of uncentred rows, so float32 products lose more to a large mean:
     # float64 unless asked.
     stream = StreamingCKA(dtype="float64" if dtype == "auto" else dtype)

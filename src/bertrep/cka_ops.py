@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["PairTerms", "SideTerms"]
 
-# Rows per float32 product before its sum is carried on in float64 (dtype="float32").
+# Rows per float32 product before its sum is carried on in float64 (float32 work dtype).
 _F32_ROWS = 1024
 # Gram entries per float32 inner product of flattened tiles before float64 takes over.
 _F32_ENTRIES = 1 << 15
@@ -148,9 +148,9 @@ class _NumpyOps:
     """The few operations numpy and torch spell differently; torch twin below.
 
     Statistics are float64; `work` is the dtype of the large products (the Gram tiles
-    and XᵀY), float64 by default. In float32 mode their sums still run in float64:
-    tiles are cast up before their inner products, and XᵀY adds float32 products of
-    at most _F32_ROWS rows into float64.
+    and XᵀY; see _work_dtype). In float32 their sums still run in float64: the tiles'
+    inner products add float32 products of _F32_ENTRIES entries into float64, XᵀY
+    float32 products of at most _F32_ROWS rows.
     """
 
     def __init__(self, work: str):
@@ -296,8 +296,9 @@ def _work_dtype(layers: Sequence[Any], dtype: str) -> str:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     if dtype != "auto":
         return dtype
-    wide = any(str(x.dtype).removeprefix("torch.") == "float64" for x in layers)
-    return "float64" if wide else "float32"
+    narrow = {"float16", "bfloat16", "float32"}
+    dtypes = {str(x.dtype).removeprefix("torch.") for x in layers}
+    return "float32" if dtypes <= narrow else "float64"
 
 
 def _ops_for(layers: Sequence[Any], dtype: str) -> _NumpyOps | _TorchOps:

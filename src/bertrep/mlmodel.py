@@ -14,7 +14,8 @@ case (a token-classification model does not use it, but a transfer from POS star
 it), and `AutoModel.from_pretrained(<model folder>/model)` loads the encoder alone.
 `model.load_model` reads these folders back with the head (see `model.mlflow_parts`).
 Two-task runs (two heads) log no MLflow Model: their `checkpoint` artifact loads with
-`model.load_model("runs:/<id>/checkpoint", [a, b])`.
+`model.load_model("runs:/<id>/checkpoint", [])`, both heads included. Sources on
+non-BERT encoders register that checkpoint folder instead (bertrep's loader only).
 """
 
 from __future__ import annotations
@@ -54,15 +55,20 @@ def label_names(task: str) -> tuple[str, ...]:
     return DISPLAY_LABELS.get(task, spec.labels)
 
 
+def has_hf_head(model: TaskModel) -> bool:
+    """Whether Hugging Face's head classes compute what bertrep's heads do on this
+    encoder: BERT's (dropout and a linear layer on the pooled [CLS] or every token)."""
+    return model.encoder.config.model_type == "bert"
+
+
 def to_transformers(model: TaskModel, task: str) -> PreTrainedModel:
     """The Hugging Face model with `task`'s head that computes what `model` does for it:
     the same encoder weights (pooler included) and the head's linear layer, in eval mode."""
     encoder = model.encoder
-    if encoder.config.model_type != "bert":
+    if not has_hf_head(model):
         raise ValueError(
             f"cannot log a {encoder.config.model_type!r} encoder as an MLflow Model: only "
-            "BERT encoders have Hugging Face heads equal to bertrep's (set save_checkpoint "
-            "or use a BERT base_model)"
+            "BERT encoders have Hugging Face heads equal to bertrep's"
         )
     spec = get_task(task)
     config = copy.deepcopy(encoder.config)

@@ -132,9 +132,10 @@ def check_artifacts_reach_driver(exp_id: str) -> None:
     if len(nodes) > 1 and tracking.is_local_location(location):
         raise SweepFailed(
             f"experiment {exp_id} stores artifacts in the local folder {location}, which the "
-            f"other {len(nodes) - 1} node(s) cannot reach: set MLFLOW_EXPERIMENT_NAME to a new "
-            "experiment (the sweep creates it through its tracking server), or use a "
-            "tracking server whose artifact store every node shares"
+            f"other {len(nodes) - 1} node(s) cannot reach: point MLFLOW_TRACKING_URI at a "
+            "tracking server whose artifact store every node reaches (mlflow server "
+            "--serve-artifacts), or run `python -m bertrep.sweep` with MLFLOW_EXPERIMENT_NAME "
+            "naming a new experiment, which the sweep creates through its own server"
         )
 
 
@@ -226,18 +227,18 @@ def sweep(spec: Spec, resume: bool = False) -> str:
     try:
         with server.serve(store, outputs) as uri, server.tracking_at(uri):
             exp_id = sweep_runs.sweep_experiment()
-            parent = open_parent(spec, exp_id, resume)
-            sweep_runs.log_sweep(parent, spec.yaml(), [dataclasses.asdict(c) for c in targets])
-            cpus = spec.resources.cpus_per_trial
-            context = {
-                "tracking_uri": uri,
-                "experiment": sweep_runs.experiment_name(exp_id),
-                "parent": parent,
-                "threads": max(1, int(cpus)),
-            }
             forwarded = {k: os.environ[k] for k in env.FORWARDED if k in os.environ}
             with ray_session(forwarded | {env.MLFLOW_TRACKING_URI: uri}):
-                check_artifacts_reach_driver(exp_id)
+                check_artifacts_reach_driver(exp_id)  # before any run is opened
+                parent = open_parent(spec, exp_id, resume)
+                trial_list = [dataclasses.asdict(c) for c in targets]
+                sweep_runs.log_sweep(parent, spec.yaml(), trial_list)
+                context = {
+                    "tracking_uri": uri,
+                    "experiment": sweep_runs.experiment_name(exp_id),
+                    "parent": parent,
+                    "threads": max(1, int(spec.resources.cpus_per_trial)),
+                }
                 counts = run_grid(spec, context)
             counts["artifact_bytes"] = sweep_runs.artifact_bytes(parent)
             sweep_runs.log_counts(parent, _sweep_metrics(counts))

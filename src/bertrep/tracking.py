@@ -16,6 +16,7 @@ import importlib
 import math
 import os
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -296,10 +297,11 @@ def ensure_registered_model(task: str) -> None:
                 raise
 
 
-def register_model(task: str, source: str, run_id: str, tags: dict) -> str:
+def register_model(task: str, source: str, run_id: str, tags: dict, alias: bool = True) -> str:
     """Register `source` (a logged model's models:/m-... URI, or runs:/<id>/<path>) as a
     new version of `bertrep-<task>` tagged with `tags` and the run; its models:/ URI.
-    The alias seed<s> (tags[SEED] = s) moves to it: the newest source of that seed."""
+    With `alias`, seed<s> (tags[SEED] = s) moves to it: the newest registered (and, as
+    train passes it, not diverged) source of that seed, whatever its base model."""
     name = registered_model_name(task)
     ensure_registered_model(task)
     tags = {k: str(v) for k, v in tags.items()} | {RUN_ID: run_id}
@@ -307,14 +309,16 @@ def register_model(task: str, source: str, run_id: str, tags: dict) -> str:
     version = _client().create_model_version(
         name, source=source, run_id=run_id, tags=tags, model_id=logged
     )
-    if SEED in tags:
+    if alias and SEED in tags:
         _client().set_registered_model_alias(name, f"seed{tags[SEED]}", version.version)
     return f"{MODELS_URI}{name}/{version.version}"
 
 
 def is_local_location(location: str) -> bool:
-    """An artifact location on this machine's disk (a path or file: URI), not a store."""
-    return location.startswith(("/", FILE_URI, "file:")) or "://" not in location
+    """An artifact location on this machine's disk (a path or file: URI), not a store
+    such as mlflow-artifacts:/ (through a server), s3:// or dbfs:/."""
+    scheme = urllib.parse.urlparse(location).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # C:\... is a path
 
 
 def model_bytes(model_uri: str) -> int:

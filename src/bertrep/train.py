@@ -260,12 +260,16 @@ def fine_tune(ctx: Context, model, tokenizer, base_meta: dict, target, source, p
     if diverged:
         tracking.set_tags({tracking.DIVERGED_REASON: diverged})
     if cfg.save_checkpoint:
-        log_checkpoint(ctx, accelerator.unwrap_model(model), tokenizer, base_meta)
+        log_checkpoint(ctx, accelerator.unwrap_model(model), tokenizer, base_meta, bool(diverged))
 
 
-def log_checkpoint(ctx: Context, model: TaskModel, tokenizer, base_meta: dict) -> None:
-    """A source run logs its model as an MLflow Model and registers it; any other run
-    writes bertrep's checkpoint folder (a two-task model keeps both heads)."""
+def log_checkpoint(
+    ctx: Context, model: TaskModel, tokenizer, base_meta: dict, diverged: bool
+) -> None:
+    """A source run logs its model as an MLflow Model and registers it (a diverged one
+    without the seed alias); any other run, and a source whose encoder has no Hugging
+    Face head class equal to bertrep's (not BERT), writes bertrep's checkpoint folder
+    (a two-task model keeps both heads), which a non-BERT source registers instead."""
     cfg = ctx.cfg
     meta = {
         "base_model": cfg.base_model,
@@ -274,14 +278,17 @@ def log_checkpoint(ctx: Context, model: TaskModel, tokenizer, base_meta: dict) -
         "frozen_layers": cfg.frozen_layers,
         "base": base_meta,  # the checkpoint this run started from, as it described itself
     }
+    if cfg.registers_source and mlmodel.has_hf_head(model):
+        source = mlmodel.log_model(model, tokenizer, cfg.task, meta)
+        ctx.logged_elsewhere += tracking.model_bytes(source)
+    else:
+        save_checkpoint(model, tokenizer, ctx.folder / tracking.CHECKPOINT, meta)
+        tracking.log_artifact(ctx.folder / tracking.CHECKPOINT, tracking.CHECKPOINT)
+        source = f"{tracking.RUNS_URI}{ctx.run_id}/{tracking.CHECKPOINT}"
     if cfg.registers_source:
-        logged = mlmodel.log_model(model, tokenizer, cfg.task, meta)
-        ctx.logged_elsewhere += tracking.model_bytes(logged)
-        uri = tracking.register_model(cfg.task, logged, ctx.run_id, source_tags(cfg))
+        tags = source_tags(cfg)
+        uri = tracking.register_model(cfg.task, source, ctx.run_id, tags, alias=not diverged)
         tracking.set_tags({tracking.REGISTERED_AS: uri})
-        return
-    save_checkpoint(model, tokenizer, ctx.folder / tracking.CHECKPOINT, meta)
-    tracking.log_artifact(ctx.folder / tracking.CHECKPOINT, tracking.CHECKPOINT)
 
 
 def artifact_bytes(ctx: Context) -> int:
