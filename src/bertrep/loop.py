@@ -135,7 +135,9 @@ def log_eval(ctx: Context, model: TaskModel, task: TaskData, step: int) -> dict[
 
 
 def make_optimizer(ctx: Context, model: TaskModel, steps: int):
-    """AdamW (bias-corrected, no decay on biases and norms), linear warm-up then decay."""
+    """AdamW (bias-corrected, no decay on biases and norms), linear warm-up then decay.
+    The fused kernel (one pass over all parameters, on CPU and GPU) is what Trainer
+    uses too."""
     cfg = ctx.cfg
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -144,6 +146,7 @@ def make_optimizer(ctx: Context, model: TaskModel, steps: int):
             {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
         ],
         lr=cfg.lr,
+        fused=True,
     )
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     return ctx.accelerator.prepare(optimizer, scheduler)
