@@ -22,9 +22,7 @@ from conftest import REPO, copy_study
 from mlflow.tracking import MlflowClient
 
 from bertrep import env, tracking
-from bertrep.config import TrainConfig
 from bertrep.sweep import main
-from bertrep.train import alone_on_a
 
 SMOKE = REPO / "sweeps" / "smoke" / "aufc.yaml"
 BIN = Path(sys.executable).parent
@@ -148,16 +146,15 @@ def test_forgetting_sweep_starts_both_modes_from_its_source(smoke_study):
     assert by_mode["shuffled"].data.params["reference_model"] == uri  # ... drift against A
     name, version = uri[len(tracking.MODELS_URI) :].split("/")
     source = MlflowClient().get_run(MlflowClient().get_model_version(name, version).run_id)
-    assert source.data.tags[tracking.CONFIG_KEY] == alone_on_a_key(by_mode["sequential"])
+    tags = source.data.tags  # full fine-tuning of A from the same base model and seed
+    assert (tags[tracking.TASK], tags[tracking.MODE], tags[tracking.SOURCE_TASK]) == (
+        "sst2", "single", "base")  # fmt: skip
+    assert tags[tracking.FROZEN_LAYERS] == "0" and tags[tracking.SEED] == "0"
+    assert tags[tracking.BASE_MODEL] == by_mode["shuffled"].data.tags[tracking.BASE_MODEL]
     for mode in ("sequential", "shuffled"):
         run_id = by_mode[mode].info.run_id
         drift = MlflowClient().get_metric_history(run_id, tracking.drift_metric("sst2", 2))
         assert sorted(m.step for m in drift) == [0, 1, 2, 3]  # fractions of 3 updates
-
-
-def alone_on_a_key(run) -> str:
-    """The config key of full fine-tuning on A with the run's settings (its source)."""
-    return alone_on_a(TrainConfig.from_dict(run.data.params)).key()
 
 
 @pytest.mark.slow

@@ -91,7 +91,10 @@ def serve(store: str, log_dir: Path) -> Iterator[str]:
     cmd += ["--artifacts-destination", str(artifacts_beside(store))]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        # MLflow 3's job runner (GenAI scorers, trace rollups) starts half a dozen
+        # consumer processes per server; nothing here submits jobs.
+        quiet = {env.MLFLOW_SERVER_ENABLE_JOB_EXECUTION: "false"} | dict(os.environ)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=quiet)
     try:
         wait_healthy(url, proc, log, START_TIMEOUT_S)
         yield url
