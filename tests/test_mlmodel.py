@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -173,16 +172,10 @@ def test_bertrep_and_auto_model_load_the_registered_encoder(store):
     torch.testing.assert_close(theirs, ours, rtol=0, atol=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_a_prediction_request(store, tmp_path):
     uri, _ = store["sources"]["sst2"]
-    port = free_port()
+    port = server.free_port()
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
            "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     # as from an activated venv: the scoring server runs `uvicorn` from PATH

@@ -51,10 +51,15 @@ def table_meta(run_id: str, artifact: str) -> dict:
     return json.loads(pq.read_schema(local).metadata[b"bertrep.activations"])
 
 
-def artifacts(run_id: str, path: str | None = None) -> list[str]:
+def artifacts(run_id: str) -> list[str]:
+    return [item.path for item in list_all(run_id)]
+
+
+def list_all(run_id: str, path: str | None = None) -> list:
+    """Every artifact file of a run (FileInfo: path, file_size), folders walked."""
     out = []
     for item in MlflowClient().list_artifacts(run_id, path):
-        out += artifacts(run_id, item.path) if item.is_dir else [item.path]
+        out += list_all(run_id, item.path) if item.is_dir else [item]
     return out
 
 
@@ -116,13 +121,6 @@ def test_frozen_run_keeps_the_prefix_and_loads_back(tiny_model, data_dir, mlflow
     stored = sum(v for k, v in sizes.items() if k != tracking.CONFIG_FILE)
     reported = MlflowClient().get_run(run_id).data.metrics[tracking.ARTIFACT_BYTES]
     assert reported == stored and any(k.startswith(tracking.CHECKPOINT) for k in sizes)
-
-
-def list_all(run_id: str, path: str | None = None) -> list:
-    out = []
-    for item in MlflowClient().list_artifacts(run_id, path):
-        out += list_all(run_id, item.path) if item.is_dir else [item]
-    return out
 
 
 def test_run_starts_from_another_run_and_probes_other_tasks(tiny_model, data_dir, mlflow_store):
