@@ -1,4 +1,4 @@
-# bertrep: `make install sweep-aufc` on a fresh machine, `make test` for the tests.
+# bertrep: `make install demo` on a fresh machine (the whole quick study), `make test` for the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 # `mlflow run --env-manager local` runs `python` from PATH: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-quick test-slow lint format ui bench clean analyze figures
+.PHONY: install demo train-one test test-quick test-slow lint format ui bench clean analyze figures
 
 install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -17,8 +17,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
-# One real training run on the CPU: MiniLM fine-tuned on SST-2, logged to ./mlflow.db.
+# The whole quick study (src/bertrep/study.py): the three quick sweeps, the analysis and
+# the figures, then the headline numbers; a second call reuses every finished run.
+# SETTING=smoke runs the same pipeline in minutes (OVERRIDES as for the sweeps).
+SETTING ?= quick
 demo: install
+	$(BIN)/python -m bertrep.study --setting $(SETTING) --overrides "$(OVERRIDES)"
+
+# One real training run on the CPU: MiniLM fine-tuned on SST-2, logged to ./mlflow.db.
+train-one: install
 	$(BIN)/mlflow run . -e train --env-manager local \
 		-P task=sst2 -P base_model=minilm -P max_steps=60 -P lr=1e-4
 

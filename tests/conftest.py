@@ -119,34 +119,25 @@ def run_ok(cmd: list[str], store: dict, cwd: Path) -> str:
 
 @pytest.fixture(scope="session")
 def smoke_study(tiny_model, data_dir, tmp_path_factory):
-    """The smoke study in one SQLite store, built once per test session: the three smoke
-    sweeps from the tiny BERT (each serving the store through its own MLflow server; the
-    AuFC one through `mlflow run`), then one analysis. env: the environment its commands
-    ran in; stdout: the analysis's; seconds: each sweep's wall time. Tests that change
-    the store work on a copy (`copy_study`)."""
+    """The smoke study in one SQLite store, built once per test session by the command
+    users run (`python -m bertrep.study --setting smoke`, `make demo`'s for the quick
+    one): the three smoke sweeps from the tiny BERT through `mlflow run` (each serving the
+    store through its own MLflow server), one analysis, the figures. env: the environment
+    its commands ran in; stdout: everything it printed; figures: where it drew them;
+    seconds: its wall time. Tests that change the store work on a copy (`copy_study`)."""
     tmp = tmp_path_factory.mktemp("study")
     store = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
     store[env.MLFLOW_TRACKING_URI] = f"sqlite:///{tmp / 'mlflow.db'}"
     store[env.DATA_DIR] = str(data_dir)
     store[env.CACHE_DIR] = str(tmp / "cache")
     store["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{store['PATH']}"
-    times = {}
-    for kind in ("single", "aufc", "forgetting"):
-        spec = REPO / "sweeps" / "smoke" / f"{kind}.yaml"
-        overrides = f"base_model={tiny_model}"
-        if kind == "aufc":  # as users start it: `mlflow run`, whose run becomes the parent
-            cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e",
-                   "sweep_aufc", "--env-manager", "local", "-P", f"spec={spec}",
-                   "-P", f"overrides={overrides}"]  # fmt: skip
-        else:
-            cmd = [sys.executable, "-m", "bertrep.sweep", "--spec", str(spec)]
-            cmd += ["--overrides", overrides]
-        started = time.monotonic()
-        run_ok(cmd, store, tmp)
-        times[kind] = time.monotonic() - started
-    analysis = [sys.executable, "-m", "bertrep.analyze", "--spec"]
-    out = run_ok([*analysis, str(REPO / "analysis" / "smoke.yaml")], store, tmp)
-    return {"env": store, "tmp": tmp, "stdout": out, "seconds": times}
+    figures = tmp / "figures"
+    cmd = [sys.executable, "-m", "bertrep.study", "--setting", "smoke", "--overrides",
+           f"base_model={tiny_model}", "--figures", str(figures)]  # fmt: skip
+    started = time.monotonic()
+    out = run_ok(cmd, store, tmp)
+    seconds = time.monotonic() - started
+    return {"env": store, "tmp": tmp, "stdout": out, "figures": figures, "seconds": seconds}
 
 
 def copy_study(study: dict, folder: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -98,7 +99,7 @@ def check_complete(store, n_trials: int, kind: str | None = None) -> list:
 def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tiny_model, tmp_path):
     """The smoke study's AuFC sweep, started by `mlflow run`; then a rerun on a copy."""
     store = copy_study(smoke_study, tmp_path / "study")
-    print(f"smoke sweep_aufc: {smoke_study['seconds']['aufc']:.0f}s")
+    print(f"smoke study: {smoke_study['seconds']:.0f}s")
     # 2 targets x 2 sources x 2 frozen levels x 2 seeds (the sources are the sst2 k=0
     # runs), and the pretrained model's read-out; SST-2 seed 0 was the single sweep's run
     finished = check_complete(store, 16, "aufc")
@@ -134,6 +135,30 @@ def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tiny_model, 
     assert not [r for r in runs(store) if r.info.status == "RUNNING"]
     newest = max(parents(store), key=lambda p: p.info.start_time)
     assert newest.data.metrics[tracking.SWEEP_SKIPPED] == 17
+
+
+@pytest.mark.slow
+def test_sweep_prints_a_line_per_trial_event_named_as_its_run(smoke_study):
+    out = smoke_study["stdout"]
+    ended = []
+    for stage in ("sources", "trials"):
+        lines = [line for line in out.splitlines() if line.startswith(f"smoke-aufc {stage}  ")]
+        if not lines:
+            continue
+        started = [line for line in lines if "| started " in line]
+        done = [line for line in lines if "| started " not in line]
+        assert len(started) == len(done) and "time left unknown" in started[0]
+        assert re.match(rf"smoke-aufc {stage}  (\d+)/\1 done, 0 running, .* none left \|", done[-1])
+        ended += done
+    assert all(re.search(r"\| .+: (\d+m)?\d+s, (final/score -?\d\.\d{4}|no score)$", line)
+               for line in ended)  # fmt: skip
+    names = {r.data.tags[tracking.RUN_NAME] for r in check_complete(smoke_study["env"], 16, "aufc")}
+    assert "stsb from sst2, k=2, seed 1" in names
+    # every run the sweep trained is named in its progress, as the UI names it
+    assert sorted(line.split(" | ")[1].rsplit(": ", 1)[0] for line in ended) == sorted(names)
+    assert "Trial name" not in out and "+---" not in out  # no Tune tables
+    aufc = out[out.index("=== smoke study, sweep aufc") : out.index("=== smoke study, sweep forg")]
+    assert len(aufc.splitlines()) < 80, aufc
 
 
 @pytest.mark.slow

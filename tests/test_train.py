@@ -141,6 +141,18 @@ def test_run_starts_from_another_run_and_probes_other_tasks(tiny_model, data_dir
     assert table_meta(source, table)["probe_digest"] == table_meta(target, table)["probe_digest"]
     tags = MlflowClient().get_run(target).data.tags
     assert tags[tracking.SOURCE_TASK] == "sst2"
+    # each probe set is a dataset input of the run, found by its digest
+    inputs = MlflowClient().get_run(target).inputs.dataset_inputs
+    probes = {i.dataset.name: i for i in inputs}
+    assert sorted(probes) == ["rte-probe", "sst2-probe"]
+    sst2 = probes["sst2-probe"]
+    assert sst2.dataset.digest == tags[tracking.probe_tag("sst2")]
+    assert {t.key: t.value for t in sst2.tags}["mlflow.data.context"] == "probe"
+    assert json.loads(sst2.dataset.profile)["num_rows"] == 150
+    found = mlflow.search_runs(
+        filter_string=f"datasets.digest = '{sst2.dataset.digest}'", output_format="list"
+    )
+    assert sorted(r.info.run_id for r in found) == sorted([source, target])
 
 
 def test_other_tokenizer_gets_other_probe_digest(

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from bertrep import identity, tasks
@@ -156,6 +157,14 @@ class TrainConfig:
         splits = {(t, s) for t in trained for s in ("train", tasks.TASKS[t].eval_split)}
         splits |= {(t, tasks.TASKS[t].eval_split) for t in self.probe_task_list}
         return sorted((t, s, self.data_files if t == self.task else "") for t, s in splits)
+
+    @property
+    def display_name(self) -> str:
+        """The run as the UI and the sweep progress name it: `stsb from sst2, k=3, seed 0`."""
+        if self.mode == "extract":
+            return f"{Path(self.base_model).name} read out on {', '.join(self.probe_task_list)}"
+        how = {"single": "from", "sequential": "after", "shuffled": "mixed with"}[self.mode]
+        return f"{self.task} {how} {self.source_task}, k={self.frozen_layers}, seed {self.seed}"
 
     def key(self) -> str:
         """Digest of the resolved config: the identity of a run for resume and skip.

@@ -91,13 +91,16 @@ def extract_all(model, probes: Probes, pad_id: int) -> dict[str, np.ndarray]:
 
 
 def log_probe_tables(probes: Probes, folder: Path) -> None:
-    """The probe sets themselves (rows, token ids, what made them) as artifacts."""
+    """The probe sets themselves (rows, token ids, what made them) as artifacts, and
+    as the run's dataset inputs (context `probe`, MLflow digest = the probe digest)."""
     for probe, _ in probes:
         artifact = tracking.probe_artifact(probe.meta["task"])
         path = folder / artifact
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(probe.to_table(), path)
+        table = probe.to_table()
+        pq.write_table(table, path)
         tracking.log_artifact(path, str(Path(artifact).parent))
+        tracking.log_probe_input(table.to_pandas(), probe.meta)
 
 
 def log_activations(

@@ -32,6 +32,7 @@ from ray import tune
 
 from bertrep import env, server, sweep_runs, tracking
 from bertrep.config import Runtime, TrainConfig, parse_bool
+from bertrep.progress import Progress
 from bertrep.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
 
 OUTPUT_DIR = "outputs"  # Ray Tune's trial folders and the tracking server's log, under cwd
@@ -99,7 +100,15 @@ class SweepTrial(tune.Trainable):
         run_id = train.run(TrainConfig.from_dict(self.config["train"]), runtime, tags)
         startup = sweep_runs.first_step_time(run_id) - self.started
         sweep_runs.log_trial_stats(run_id, startup, self.index)
-        return {"done": True, "run_id": run_id, "startup_s": startup, "worker_index": self.index}
+        score, diverged = sweep_runs.outcome(run_id)
+        return {
+            "done": True,
+            "run_id": run_id,
+            "startup_s": startup,
+            "worker_index": self.index,
+            "score": score,
+            "diverged": diverged,
+        }
 
 
 # --- the driver ---
@@ -168,7 +177,9 @@ def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict)
             failure_config=tune.FailureConfig(max_failures=0),
             # MLflow holds every result; Tune checkpoints would only cost time.
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-            verbose=1,
+            # One line per trial event (bertrep.progress), not Tune's tables.
+            verbose=0,
+            callbacks=[Progress(f"{spec.name} {stage}", len(todo))],
         ),
     )
     results = list(tuner.fit())

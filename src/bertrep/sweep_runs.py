@@ -116,6 +116,13 @@ def first_step_time(run_id: str) -> float:
     return end / 1000 if end else math.nan
 
 
+def outcome(run_id: str) -> tuple[float, bool]:
+    """A finished training run's final score (NaN for a read-out) and whether it diverged."""
+    data = _client().get_run(run_id).data
+    diverged = data.tags.get(tracking.DIVERGED) == "true"
+    return data.metrics.get(tracking.FINAL_SCORE, math.nan), diverged
+
+
 def log_trial_stats(run_id: str, startup_s: float, index: int) -> None:
     _client().log_batch(
         run_id, metrics=_metrics({tracking.TRIAL_STARTUP: startup_s, tracking.TRIAL_INDEX: index})

@@ -132,6 +132,7 @@ def activations_step(path: str) -> int:
     return int(Path(path).stem.removeprefix("step_"))
 
 
+PROBE_CONTEXT = "probe"  # the context of a run's probe sets among its MLflow dataset inputs
 PROBE_TAG = "probe."  # probe.<task>: the digest of the run's probe set of that task
 EXTRACT_MODE = "extract"  # the mode of a run that only reads a model out on probe sets
 BASE_SOURCE = "base"  # the source_task of a run from the pretrained model
@@ -238,6 +239,20 @@ class MetricLogger:
         for start in range(0, len(self.buffer), 1000):  # log_batch takes 1000 at most
             self.client.log_batch(self.run_id, metrics=self.buffer[start : start + 1000])
         self.buffer = []
+
+
+def probe_dataset_name(task: str) -> str:
+    return f"{task}-probe"
+
+
+def log_probe_input(rows, meta: dict) -> None:
+    """A probe set as an MLflow dataset input of the active run: the UI's Dataset column
+    shows it, and `datasets.digest = '<probe digest>'` finds every run read out on it."""
+    dataset = mlflow.data.from_pandas(
+        rows, source=meta["file"], name=probe_dataset_name(meta["task"]), digest=meta["digest"]
+    )
+    tags = {k: str(meta[k]) for k in ("task", "split", "rows", "max_length", "seed")}
+    mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)
 
 
 def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:

@@ -164,17 +164,9 @@ def train_one_task(ctx: Context, model, target: TaskData, probes):
 # --- one run ---
 
 
-def run_name(cfg: TrainConfig) -> str:
-    """What the MLflow UI calls the run: `stsb from sst2, k=3, seed 0`."""
-    if cfg.mode == "extract":
-        return f"{Path(cfg.base_model).name} read out on {', '.join(cfg.probe_task_list)}"
-    how = {"single": "from", "sequential": "after", "shuffled": "mixed with"}[cfg.mode]
-    return f"{cfg.task} {how} {cfg.source_task}, k={cfg.frozen_layers}, seed {cfg.seed}"
-
-
 def run_tags(cfg: TrainConfig, model: TaskModel, target: TaskData | None, extra: dict) -> dict:
     tags = {
-        tracking.RUN_NAME: run_name(cfg),
+        tracking.RUN_NAME: cfg.display_name,
         tracking.KIND: tracking.TRAIN_KIND,
         tracking.MODE: cfg.mode,
         tracking.TASK: cfg.task,

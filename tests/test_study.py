@@ -1,0 +1,86 @@
+"""The one-command study (`python -m bertrep.study`, `make demo`): its stages and what it
+prints at the end. The smoke study itself is built by it (conftest.smoke_study)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from PIL import Image
+
+from bertrep import study
+
+SUMMARY = """# Analysis smoke
+
+12 finished runs.
+
+## Mean-CKA (biased linear CKA)
+
+| source \\ target | sst2 |
+|---|---|
+| base | 0.9 |
+
+## AuFC
+
+| source \\ target | sst2 |
+|---|---|
+| base | 0.5 |
+
+## AuFC, the original code's variant (aufc_paper)
+
+| x |
+
+## Does representation similarity predict transfer?
+
+| x | y |
+
+## Missing inputs
+
+None: every cell was computed.
+"""
+
+
+def test_headline_is_the_matrices_and_their_correlation():
+    out = study.headline(SUMMARY)
+    titles = re.findall(r"^## (.*)$", out, flags=re.M)
+    assert titles == [
+        "Mean-CKA (biased linear CKA)",
+        "AuFC",
+        "Does representation similarity predict transfer?",
+    ]
+    assert "| base | 0.5 |" in out and "Missing" not in out and "aufc_paper" not in out
+
+
+def test_the_analysis_gets_only_the_base_model_of_the_sweep_overrides():
+    assert study.analyze_overrides("base_model=/m, max_steps=2,seed=[0]") == "base_model=/m"
+    assert study.analyze_overrides("max_steps=2") == ""
+
+
+def test_stages_are_the_readmes_commands(tmp_path):
+    names = [name for name, _ in study.stages("quick", "", tmp_path)]
+    assert names == ["sweep single", "sweep aufc", "sweep forgetting", "analysis", "figures"]
+    (_, aufc), (_, figures) = (
+        study.stages("quick", "", tmp_path)[1],
+        study.stages("quick", "", tmp_path)[4],
+    )
+    assert aufc[1:3] == ["run", str(study.PROJECT)] and "sweep_aufc" in aufc
+    assert f"spec={study.PROJECT / 'sweeps' / 'quick' / 'aufc.yaml'}" in aufc
+    assert figures[1:] == ["-m", "bertrep.figures", "--out", str(tmp_path)]
+
+
+@pytest.mark.slow
+def test_smoke_study_ends_with_headline_figures_and_ui(smoke_study):
+    out = smoke_study["stdout"]
+    for stage in ("sweep single", "sweep aufc", "sweep forgetting", "analysis", "figures"):
+        assert f"=== smoke study, {stage}: " in out
+    tail = out[out.index("=== smoke study done in ") :]
+    assert re.match(r"=== smoke study done in (\d+m)?\d+s: sweep single (\d+m)?\d+s, ", tail)
+    assert "## Mean-CKA (biased linear CKA)" in tail and "\n## AuFC\n" in tail
+    assert "## Does representation similarity predict transfer?" in tail
+    figures = smoke_study["figures"]
+    assert f"figures: {figures.resolve()}" in tail
+    drawn = sorted(p.name for p in figures.glob("*.png"))
+    assert "mean_cka_biased.png" in drawn and "aufc.png" in drawn
+    assert Image.open(figures / "aufc.png").size[0] > 300
+    assert re.search(r"runs: mlflow ui --backend-store-uri sqlite:///\S+, then "
+                     r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs", tail)  # fmt: skip
