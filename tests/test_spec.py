@@ -92,6 +92,28 @@ def test_unknown_keys_are_errors_naming_them(raw, message):
         spec_from_dict(raw, "x.yaml")
 
 
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"cpus_per_trial": 0}, "resources.cpus_per_trial must be > 0, not 0"),
+        ({"cpus_per_trial": "two"}, "resources.cpus_per_trial must be a number, not 'two'"),
+        ({"gpus_per_trial": -0.5}, "resources.gpus_per_trial must be >= 0, not -0.5"),
+        ({"max_failures": 1.5}, "resources.max_failures must be a whole number, not 1.5"),
+        ({"max_failures": -1}, "resources.max_failures must be >= 0, not -1"),
+        ({"max_concurrent_trials": True}, "resources.max_concurrent_trials must be a whole number"),
+    ],
+)
+def test_bad_resources_are_errors_naming_them(resources, message):
+    with pytest.raises(ValueError, match=f"^x.yaml: {message}"):
+        spec_from_dict({"kind": "aufc", "resources": resources}, "x.yaml")
+
+
+def test_resources_default_to_one_retry():
+    spec = spec_from_dict({"kind": "aufc", "resources": {"cpus_per_trial": 0.5}}, "x.yaml")
+    assert spec.resources.max_failures == 1 and spec.resources.cpus_per_trial == 0.5
+    assert load_spec(SMOKE, "resources.max_failures=0").resources.max_failures == 0
+
+
 def test_bad_values_name_the_spec():
     spec = spec_from_dict({"kind": "single", "grid": {"task": ["sst2", "cola"]}}, "x.yaml")
     with pytest.raises(ValueError, match="x.yaml: unknown task 'cola'"):

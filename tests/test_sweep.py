@@ -4,6 +4,7 @@ Ray cluster started separately. The specs themselves: tests/test_spec.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,8 @@ from conftest import REPO, copy_study
 from mlflow.tracking import MlflowClient
 
 from bertrep import env, tracking
-from bertrep.sweep import main
+from bertrep.config import TrainConfig
+from bertrep.sweep import main, run_names
 
 SMOKE = REPO / "sweeps" / "smoke" / "aufc.yaml"
 BIN = Path(sys.executable).parent
@@ -42,6 +44,16 @@ def test_resume_flag_parses_strictly(value, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["--spec", str(SMOKE), "--resume", value])
     assert stopped.value.code == 2 and repr(value) in capsys.readouterr().err
+
+
+def test_runs_sharing_a_display_name_are_named_by_what_differs():
+    a = TrainConfig(task="sst2", seed=1)
+    b, c = dataclasses.replace(a, lr=0.1), dataclasses.replace(a, task="pos")
+    assert run_names([a, b, c]) == [
+        f"sst2 from base, k=0, seed 1, lr={a.lr}",
+        "sst2 from base, k=0, seed 1, lr=0.1",
+        "pos from base, k=0, seed 1",
+    ]
 
 
 # --- end to end: real Ray, real MLflow server, tiny model, real (subsampled) data ---
@@ -189,8 +201,16 @@ def test_single_sweep_keeps_its_deliberately_failed_run(smoke_study):
     failed = [r for r in finished if float(r.data.params["lr"]) >= 1e3]
     (bad,) = failed
     assert bad.data.tags[tracking.DIVERGED] == "true" and bad.data.tags[tracking.DIVERGED_REASON]
-    # the sweep's server stored artifacts beside the store (mlflow-artifacts:/ URIs)
-    assert bad.info.artifact_uri.startswith(tracking.ARTIFACTS_URI)
+    # named apart from the run of the same task and seed by what differs
+    names = {r.data.tags[tracking.RUN_NAME] for r in finished}
+    sst2 = "sst2 from base, k=0, seed 0"
+    assert names == {"pos from base, k=0, seed 0",
+                     f"{sst2}, lr=0.001, max_grad_norm=1.0, diverge_margin=0.0",
+                     f"{sst2}, lr=10000.0, max_grad_norm=0.0, diverge_margin=0.02"}  # fmt: skip
+    # its artifacts lie where its experiment keeps them: `mlflow run` made this one on the
+    # SQLite file, so in a local folder (a cluster of several nodes refuses that setup)
+    experiment = MlflowClient(store[env.MLFLOW_TRACKING_URI]).get_experiment(bad.info.experiment_id)
+    assert bad.info.artifact_uri.startswith(experiment.artifact_location)
     tables = smoke_study["tmp"].glob(f"**/{bad.info.run_id}/artifacts/activations/sst2/*.parquet")
     assert list(tables), "a diverged run keeps its activations"
 
@@ -229,17 +249,22 @@ def test_moved_data_folder_trains_nothing_new(tiny_model, data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path):
+    """SIGINT to the driver's process group once its source stage is done and the trials
+    are under way, then --resume: one FINISHED run per config key, nothing RUNNING."""
     store = store_env(tmp_path, data_dir)
-    proc = subprocess.Popen(sweep_cmd(tiny_model, "seed=[0]"), env=store, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["grid"] = {"task": ["sst2", "stsb"], "source_task": "sst2", "frozen_layers": [0, 2],
+                    "seed": 0}  # fmt: skip
+    (tmp_path / "four.yaml").write_text(yaml.safe_dump(spec))  # a source, then 4 trials
+    cmd = sweep_cmd(tiny_model, spec=tmp_path / "four.yaml")
+    proc = subprocess.Popen(cmd, env=store, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            done = [r for r in training_runs(store) if r.info.status == "FINISHED"]
-            if len(done) >= 4:  # sources done, transfer trials under way
-                break
-            time.sleep(1)
+            if len([r for r in training_runs(store) if r.info.status == "FINISHED"]) >= 2:
+                break  # the source and a first trial done, the others under way
+            time.sleep(0.5)
         assert proc.poll() is None, "the sweep ended before it could be killed"
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -252,11 +277,11 @@ def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path)
         except ProcessLookupError:
             pass
         proc.wait()
-    assert len([r for r in training_runs(store) if r.info.status == "FINISHED"]) < 9
-    resumed = subprocess.run(sweep_cmd(tiny_model, "seed=[0]", "--resume"), env=store,
-                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert len([r for r in training_runs(store) if r.info.status == "FINISHED"]) < 5
+    resumed = subprocess.run([*cmd, "--resume"], env=store, cwd=tmp_path, capture_output=True,
+                             text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    check_complete(store, 9)  # seed 0 of the grid, and the read-out
+    check_complete(store, 5)  # the source and the four trials
 
 
 @pytest.fixture

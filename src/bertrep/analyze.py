@@ -26,12 +26,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 
 from bertrep import env, figures, server, summary, tracking
 from bertrep.cka import ESTIMATORS
 from bertrep.collect import MissingInput, Store, TrainRun, log_tables
 from bertrep.config import parse_bool
+from bertrep.errors import InputError
 from bertrep.identity import model_identity
 from bertrep.profiles import (
     forgetting_summary,
@@ -39,7 +39,7 @@ from bertrep.profiles import (
     mean_cka_tables,
     task_profiles,
 )
-from bertrep.spec import parse_overrides
+from bertrep.spec import parse_overrides, read_yaml
 from bertrep.tables import (
     AufcRule,
     Inputs,
@@ -73,29 +73,29 @@ class AnalysisSpec:
 def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
     """Validate an analysis spec; an unknown key anywhere is an error naming it."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: an analysis spec is a mapping")
+        raise InputError(f"{source}: an analysis spec is a mapping")
     known = [f.name for f in dataclasses.fields(AnalysisSpec)]
     for key in raw:
         if key not in known:
-            raise ValueError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
+            raise InputError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
     sweeps = raw.get("sweeps", dict.fromkeys(SWEEP_KINDS, ""))
     if not isinstance(sweeps, dict) or not sweeps:
-        raise ValueError(f"{source}: sweeps must map a sweep kind to a name, run id or ''")
+        raise InputError(f"{source}: sweeps must map a sweep kind to a name, run id or ''")
     for kind in sweeps:
         if kind not in SWEEP_KINDS:
-            raise ValueError(f"{source}: unknown sweep kind {kind!r} in sweeps")
+            raise InputError(f"{source}: unknown sweep kind {kind!r} in sweeps")
     tasks = tuple(raw.get("tasks", AnalysisSpec.tasks))
     for task in tasks:
         if task not in TASKS:
-            raise ValueError(f"{source}: unknown task {task!r} in tasks")
+            raise InputError(f"{source}: unknown task {task!r} in tasks")
     estimators = tuple(raw.get("estimators", ESTIMATORS))
     if not estimators or any(e not in ESTIMATORS for e in estimators):
-        raise ValueError(f"{source}: estimators must be among {', '.join(ESTIMATORS)}")
+        raise InputError(f"{source}: estimators must be among {', '.join(ESTIMATORS)}")
     rule = raw.get("aufc") or {}
     rule_keys = [f.name for f in dataclasses.fields(AufcRule)]
     for key in rule:
         if key not in rule_keys:
-            raise ValueError(f"{source}: unknown key {key!r} in aufc")
+            raise InputError(f"{source}: unknown key {key!r} in aufc")
     return AnalysisSpec(
         name=str(raw.get("name") or Path(source).stem),
         experiment=str(raw.get("experiment") or ""),
@@ -118,7 +118,7 @@ def load_spec(path: str | Path, overrides: str = "") -> AnalysisSpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"analysis spec {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
     for key, value in parse_overrides(overrides).items():
         *parents, last = key.split(".")
         place = raw
@@ -326,7 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", default="analysis/quick.yaml", help="an analysis spec (YAML)")
     parser.add_argument("--overrides", default="", help='e.g. "base_model=/path,tasks=[sst2]"')
     args = parser.parse_args(argv)
-    spec = load_spec(args.spec, args.overrides)
+    try:
+        spec = load_spec(args.spec, args.overrides)
+    except (InputError, OSError) as error:
+        raise SystemExit(f"bertrep.analyze: {error}") from None
     os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")
     store = server.store_uri()
     try:

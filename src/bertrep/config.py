@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bertrep import identity, tasks
+from bertrep.errors import InputError
 from bertrep.identity import MINILM
 
 MODES = ("single", "sequential", "shuffled", "extract")
@@ -68,18 +69,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
+            raise InputError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode in TWO_TASK_MODES and self.source_task in ("base", self.task):
-            raise ValueError(
+            raise InputError(
                 f"mode={self.mode} needs source_task (A) to be a task other than "
                 f"task={self.task}, not {self.source_task!r}"
             )
         if self.source_task != "base" and self.source_task not in tasks.TASKS:
-            raise ValueError(f"unknown source_task {self.source_task!r}: a task or 'base'")
+            raise InputError(f"unknown source_task {self.source_task!r}: a task or 'base'")
         for name in [self.task, *self.probe_task_list]:
             if name not in tasks.TASKS:
                 known = ", ".join(tasks.TASKS)
-                raise ValueError(f"unknown task {name!r}; known tasks: {known}")
+                raise InputError(f"unknown task {name!r}; known tasks: {known}")
         checks = {
             "frozen_layers": self.frozen_layers >= 0,
             "lr": self.lr > 0,
@@ -97,9 +98,9 @@ class TrainConfig:
         checks["source_steps"] = self.source_steps >= 0
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r} is out of range")
+                raise InputError(f"{name}={getattr(self, name)!r} is out of range")
         if not all(0 <= f <= 1 for f in self.checkpoint_fractions):
-            raise ValueError(f"checkpoints={self.checkpoints!r}: fractions must lie in [0, 1]")
+            raise InputError(f"checkpoints={self.checkpoints!r}: fractions must lie in [0, 1]")
 
     @property
     def checkpoint_fractions(self) -> list[float]:
@@ -183,7 +184,7 @@ class TrainConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"unknown training parameter {unknown[0]!r}")
+            raise InputError(f"unknown training parameter {unknown[0]!r}")
         return cls(**{k: _coerce(known[k].type, v) for k, v in values.items()})
 
 

@@ -27,9 +27,11 @@ MLFLOW_SERVER_ENABLE_JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"  # off
 MLFLOW_EXPERIMENT_ID = "MLFLOW_EXPERIMENT_ID"
 # a progress bar per downloaded file: hundreds of lines in an analysis
 MLFLOW_ARTIFACTS_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+MLFLOW_SUPPRESS_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # its "View run ... at" line
 
 # Ray's own: the cluster a sweep joins (ray.init reads it); unset: a local instance
 RAY_ADDRESS = "RAY_ADDRESS"
+RAY_AIR_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"  # "0": Tune's older console output, silent at verbose=0
 
 # What a sweep's trials need on any node (workers of a separate Ray cluster do not
 # inherit the driver's environment); the sweep adds MLFLOW_TRACKING_URI, its server.

@@ -15,6 +15,7 @@ targets as columns, values written in the cells and missing cells hatched and la
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bertrep import collect, server, tracking
+from bertrep import collect, env, server, tracking
 from bertrep.figures_forgetting import forgetting_figures
 from bertrep.plots import NAMES, draw_matrix, headline, heatmap, name, save
 from bertrep.tables import matrix
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run_id", default="", help="an analysis run (default: the newest)")
     parser.add_argument("--out", default="figures", help="where the figures go")
     args = parser.parse_args(argv)
+    os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")
     with server.through_server():
         redraw(args.run_id, Path(args.out))
 

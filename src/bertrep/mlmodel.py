@@ -21,6 +21,9 @@ non-BERT encoders register that checkpoint folder instead (bertrep's loader only
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pandas as pd
 import torch
@@ -111,11 +114,28 @@ def log_model(model: TaskModel, tokenizer, task: str, meta: dict) -> str:
     tagger = pipeline(
         PIPELINE_TASKS.get(spec.kind, "text-classification"), model=hf, tokenizer=tokenizer
     )
-    info = tracking.mlflow.transformers.log_model(
-        tagger,
-        name=tracking.MODEL_NAME,
-        input_example=input_example(task),
-        pip_requirements=requirements(),
-        metadata={tracking.MODEL_META: {**meta, "heads": [task]}},
-    )
+    with _quiet_check():
+        info = tracking.mlflow.transformers.log_model(
+            tagger,
+            name=tracking.MODEL_NAME,
+            input_example=input_example(task),
+            pip_requirements=requirements(),
+            metadata={tracking.MODEL_META: {**meta, "heads": [task]}},
+        )
     return info.model_uri
+
+
+@contextmanager
+def _quiet_check() -> Iterator[None]:
+    """MLflow loads the saved model back to check its input example. Two reports that do
+    not apply, printed for every source trial of a sweep, stay silent: transformers' load
+    report (the pooler kept for transfer is not in the token-classification class) and
+    MLflow's hint that integer columns cannot hold missing values (POS tags never miss)."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+            yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)

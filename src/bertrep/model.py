@@ -16,10 +16,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+import transformers
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -29,6 +31,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from bertrep import tracking
 from bertrep.config import MINILM
+from bertrep.errors import InputError
 from bertrep.tasks import TaskSpec, get_task
 
 HEADS_FILE = "heads.safetensors"
@@ -137,7 +140,7 @@ class TaskModel(nn.Module):
     def freeze(self, k: int) -> None:
         """Freeze the embeddings and blocks 1..k (k = 0: nothing)."""
         if not 0 <= k <= self.num_layers:
-            raise ValueError(f"frozen_layers={k} is outside 0..{self.num_layers} for this model")
+            raise InputError(f"frozen_layers={k} is outside 0..{self.num_layers} for this model")
         self.frozen_layers = k
         for module in self._frozen_modules():
             module.requires_grad_(False)
@@ -187,7 +190,14 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
             with open(os.path.join(path, META_FILE)) as f:
                 meta = json.load(f)
             heads = load_file(os.path.join(path, HEADS_FILE))
-    encoder, tokenizer = _load_pretrained(weights, tokenizer_path)
+    try:
+        encoder, tokenizer = _load_pretrained(weights, tokenizer_path)
+    except OSError as error:
+        if os.path.isdir(weights):
+            raise
+        why = str(error).strip().splitlines()[0]
+        raise OSError(f"base_model {base_model!r} is not a local folder, an MLflow model URI "
+                      f"or a model the Hugging Face hub serves here: {why}") from None  # fmt: skip
     model = TaskModel(copy.deepcopy(encoder), [])
     for task in meta.get("heads", []):
         model.add_head(task)
@@ -226,8 +236,23 @@ def _mlflow_head(weights: str, task: str) -> dict[str, torch.Tensor]:
 @lru_cache(maxsize=4)
 def _load_pretrained(path: str, tokenizer_path: str):
     """Encoder and tokenizer of a folder or hub id, loaded once per process: a sweep
-    worker runs many trials from the same few models. Callers copy the encoder."""
-    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(tokenizer_path)
+    worker runs many trials from the same few models. Callers copy the encoder.
+
+    The encoder of a model with a head (an MLflow Model's) leaves the head's weights
+    unused, which transformers reports in a table at every load: quiet here, and one
+    warning instead where weights the encoder needs were missing or of the wrong shape."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        encoder, info = AutoModel.from_pretrained(path, output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    wrong = sorted(info.get("missing_keys", [])) + sorted(info.get("mismatched_keys", []))
+    if wrong:
+        listed = ", ".join(map(str, wrong[:5]))
+        message = f"{path}: {len(wrong)} encoder weights missing or mismatched, left random: "
+        warnings.warn(message + listed, stacklevel=2)
+    return encoder, AutoTokenizer.from_pretrained(tokenizer_path)
 
 
 def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict) -> Path:

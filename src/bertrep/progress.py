@@ -14,8 +14,6 @@ from collections.abc import Callable
 
 from ray import tune
 
-from bertrep.config import TrainConfig
-
 
 def duration(seconds: float) -> str:
     """`45s`, `8m31s`, `1h02m`."""
@@ -59,7 +57,7 @@ class Progress(tune.Callback):
 
     @staticmethod
     def name(trial) -> str:
-        return TrainConfig.from_dict(trial.config["train"]).display_name
+        return trial.config["trial"]["name"]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started[trial.trial_id] = self.clock()
@@ -77,6 +75,10 @@ class Progress(tune.Callback):
         if result.get("diverged"):
             outcome += ", diverged"
         self._line(f"{self.name(trial)}: {took}, {outcome}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        took = self._took(trial)
+        self._line(f"RETRYING {self.name(trial)}: its attempt failed after {took}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         took = self._took(trial)

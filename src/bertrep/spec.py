@@ -29,6 +29,7 @@ import yaml
 
 from bertrep import env, tracking
 from bertrep.config import TrainConfig
+from bertrep.errors import InputError
 from bertrep.tasks import TASKS
 
 KINDS = ("single", "aufc", "forgetting")
@@ -42,6 +43,25 @@ class Resources:
     cpus_per_trial: float = 1  # also the trial's torch threads, so trials never oversubscribe
     gpus_per_trial: float = 0.25  # used only where the cluster has GPUs; < 1 packs trials
     max_concurrent_trials: int = 0  # 0: as many as the resources allow
+    # Retries of a trial that raised or whose worker process died (killed, out of memory,
+    # its node lost); each failed attempt's run ends FAILED with the reason.
+    max_failures: int = 1
+
+
+def _resources(values: dict, source: str) -> Resources:
+    """Resources from the spec: known keys, numbers of the right kind and range."""
+    known = {f.name: f.default for f in dataclasses.fields(Resources)}
+    for key, value in values.items():
+        if key not in known:
+            raise InputError(f"{source}: unknown key {key!r} in resources")
+        whole = isinstance(known[key], int) and key != "cpus_per_trial"
+        kind = "a whole number" if whole else "a number"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise InputError(f"{source}: resources.{key} must be {kind}, not {value!r}")
+        if value < 0 or (key == "cpus_per_trial" and value <= 0):
+            bound = "> 0" if key == "cpus_per_trial" else ">= 0"
+            raise InputError(f"{source}: resources.{key} must be {bound}, not {value!r}")
+    return Resources(**values)
 
 
 @dataclass(frozen=True)
@@ -72,7 +92,7 @@ def parse_overrides(text: str) -> dict[str, Any]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not key=value")
+            raise InputError(f"override {item!r} is not key=value")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -94,7 +114,7 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
             place[last] = value
             continue
         if key not in FIELDS:
-            raise ValueError(f"override: unknown training parameter {key!r}")
+            raise InputError(f"override: unknown training parameter {key!r}")
         for section in [*grids, *(raw.get("per_task") or {}).values(), raw.get("sources") or {}]:
             section.pop(key, None)
         if isinstance(value, list):
@@ -108,42 +128,42 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
 
 def _params(where: str, values: Any, source: str) -> dict[str, Any]:
     if not isinstance(values, dict):
-        raise ValueError(f"{source}: {where} must be a mapping of training parameters")
+        raise InputError(f"{source}: {where} must be a mapping of training parameters")
     for key in values:
         if key not in FIELDS:
-            raise ValueError(f"{source}: unknown training parameter {key!r} in {where}")
+            raise InputError(f"{source}: unknown training parameter {key!r} in {where}")
     return dict(values)
 
 
 def spec_from_dict(raw: dict, source: str = "<spec>") -> Spec:
     """Validate a spec mapping; an unknown key anywhere is an error naming it."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: a spec is a mapping")
+        raise InputError(f"{source}: a spec is a mapping")
     for key in raw:
         if key not in SPEC_KEYS:
-            raise ValueError(f"{source}: unknown key {key!r} (known: {', '.join(SPEC_KEYS)})")
+            raise InputError(f"{source}: unknown key {key!r} (known: {', '.join(SPEC_KEYS)})")
     if raw.get("kind") not in KINDS:
-        raise ValueError(f"{source}: kind must be one of {', '.join(KINDS)}")
+        raise InputError(f"{source}: kind must be one of {', '.join(KINDS)}")
     grids = raw.get("grid") or [{}]
     grids = [grids] if isinstance(grids, dict) else grids
     grids = [
         {k: v if isinstance(v, list) else [v] for k, v in _params("grid", g, source).items()}
         for g in grids
     ]
+    for grid in grids:
+        empty = [k for k, v in grid.items() if not v]
+        if empty:
+            raise InputError(f"{source}: grid axis {empty[0]!r} is empty: the grid has no trials")
     per_task = raw.get("per_task") or {}
     for task, values in per_task.items():
         if task not in TASKS:
-            raise ValueError(f"{source}: unknown task {task!r} in per_task")
+            raise InputError(f"{source}: unknown task {task!r} in per_task")
         _params(f"per_task.{task}", values, source)
     sources = _params("sources", raw.get("sources") or {}, source)
     for key in SOURCE_FIELDS:
         if key in sources:
-            raise ValueError(f"{source}: sources cannot set {key!r} (the sweep decides it)")
-    resources = raw.get("resources") or {}
-    known = [f.name for f in dataclasses.fields(Resources)]
-    for key in resources:
-        if key not in known:
-            raise ValueError(f"{source}: unknown key {key!r} in resources")
+            raise InputError(f"{source}: sources cannot set {key!r} (the sweep decides it)")
+    resources = _resources(raw.get("resources") or {}, source)
     return Spec(
         kind=raw["kind"],
         name=str(raw.get("name") or Path(source).stem),
@@ -151,19 +171,30 @@ def spec_from_dict(raw: dict, source: str = "<spec>") -> Spec:
         grids=grids,
         per_task={t: dict(v) for t, v in per_task.items()},
         sources=sources,
-        resources=Resources(**resources),
+        resources=resources,
         raw=raw,
         path=source,
     )
+
+
+def read_yaml(path: Path) -> Any:
+    """A spec file's YAML; malformed YAML is one error naming the file and the place."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f", line {where.line + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise InputError(f"{path}{at}: not valid YAML ({problem})") from None
 
 
 def load_spec(path: str | Path, overrides: str = "") -> Spec:
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a spec is a mapping")
+        raise InputError(f"{path}: a spec is a mapping")
     return spec_from_dict(apply_overrides(raw, parse_overrides(overrides)), str(path))
 
 
@@ -186,7 +217,7 @@ def config(spec: Spec, params: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.from_dict(absolute_paths(merged))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{spec.path}: {error} (trial {params})") from error
+        raise InputError(f"{spec.path}: {error} (trial {params})") from error
 
 
 def trials(spec: Spec) -> list[TrainConfig]:

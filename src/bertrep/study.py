@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     check_project()
     if shutil.which("mlflow") is None:  # `mlflow run --env-manager local` runs `python`
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")  # a bar per download
     store = server.store_uri()
     os.environ[env.MLFLOW_TRACKING_URI] = store  # every stage, and the reads below, on one store
     figures = Path(args.figures)

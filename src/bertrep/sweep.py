@@ -32,6 +32,7 @@ from ray import tune
 
 from bertrep import env, server, sweep_runs, tracking
 from bertrep.config import Runtime, TrainConfig, parse_bool
+from bertrep.errors import InputError
 from bertrep.progress import Progress
 from bertrep.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
 
@@ -83,10 +84,12 @@ class SweepTrial(tune.Trainable):
     def step(self) -> dict:
         import ray
         import torch
+        import transformers
 
         from bertrep import train
 
-        context = self.config["context"]
+        transformers.logging.disable_progress_bar()  # a bar per model load and save
+        context, trial = self.config["context"], self.config["trial"]
         # The worker may have inherited the driver's run (under `mlflow run`): never resume it.
         os.environ.pop(env.MLFLOW_RUN_ID, None)
         server.point_at(context["tracking_uri"])
@@ -97,7 +100,10 @@ class SweepTrial(tune.Trainable):
             tracking.RAY_WORKER: f"{socket.gethostname()}:{os.getpid()}",
         }
         runtime = Runtime(experiment_name=context["experiment"], progress=False)
-        run_id = train.run(TrainConfig.from_dict(self.config["train"]), runtime, tags)
+        cfg = TrainConfig.from_dict(trial["train"])
+        sweep_runs.fail_dead_attempts(context["parent"], cfg.key())  # this is a retry
+        tags[tracking.RUN_NAME] = trial["name"]
+        run_id = train.run(cfg, runtime, tags)
         startup = sweep_runs.first_step_time(run_id) - self.started
         sweep_runs.log_trial_stats(run_id, startup, self.index)
         score, diverged = sweep_runs.outcome(run_id)
@@ -160,12 +166,13 @@ def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict)
         return counts
     gpus = spec.resources.gpus_per_trial if ray.cluster_resources().get("GPU", 0) else 0
     trainable = tune.with_resources(SweepTrial, {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
+    names = dict(zip([c.key() for c in configs], run_names(configs), strict=True))
+    todo_space = [{"train": dataclasses.asdict(c), "name": names[c.key()]} for c in todo]
+    # Tune's own console output: none (its new engine prints tables at every verbosity)
+    os.environ[env.RAY_AIR_NEW_OUTPUT] = "0"
     tuner = tune.Tuner(
         trainable,
-        param_space={
-            "train": tune.grid_search([dataclasses.asdict(c) for c in todo]),
-            "context": context,
-        },
+        param_space={"trial": tune.grid_search(todo_space), "context": context},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             max_concurrent_trials=spec.resources.max_concurrent_trials or None,
@@ -174,7 +181,7 @@ def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict)
         run_config=tune.RunConfig(
             name=f"{spec.name}-{stage}-{context['parent'][:8]}",
             storage_path=str(Path(OUTPUT_DIR).resolve() / "ray_results"),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             # MLflow holds every result; Tune checkpoints would only cost time.
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             # One line per trial event (bertrep.progress), not Tune's tables.
@@ -183,10 +190,28 @@ def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict)
         ),
     )
     results = list(tuner.fit())
+    sweep_runs.fail_dead_attempts(context["parent"])  # a last attempt's worker died
     counts["failed"] = sum(r.error is not None for r in results)
     if any(r.error is None and "run_id" not in r.metrics for r in results):
         raise SweepInterrupted(f"sweep {spec.name} interrupted")  # Tune caught the Ctrl-C
     return counts
+
+
+def run_names(configs: list[TrainConfig]) -> list[str]:
+    """What the UI and the progress call each run: its display name, and where several
+    configs share one, the parameters that tell them apart (`..., seed 0, lr=0.1`)."""
+    names = [c.display_name for c in configs]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        values = [dataclasses.asdict(configs[i]) for i in members]
+        differ = [k for k in values[0] if len({repr(v[k]) for v in values}) > 1]
+        for i, v in zip(members, values, strict=True):
+            names[i] = ", ".join([name, *(f"{k}={v[k]}" for k in differ)])
+    return names
 
 
 def run_grid(spec: Spec, context: dict) -> dict[str, int]:
@@ -239,7 +264,9 @@ def sweep(spec: Spec, resume: bool = False) -> str:
         with server.serve(store, outputs) as uri, server.tracking_at(uri):
             exp_id = sweep_runs.sweep_experiment()
             forwarded = {k: os.environ[k] for k in env.FORWARDED if k in os.environ}
-            with ray_session(forwarded | {env.MLFLOW_TRACKING_URI: uri}):
+            # Trials print no "View run" link: it names the sweep's short-lived server.
+            quiet = {env.MLFLOW_SUPPRESS_URL: "true"}
+            with ray_session(forwarded | quiet | {env.MLFLOW_TRACKING_URI: uri}):
                 check_artifacts_reach_driver(exp_id)  # before any run is opened
                 parent = open_parent(spec, exp_id, resume)
                 trial_list = [dataclasses.asdict(c) for c in targets]
@@ -284,7 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", type=parse_bool, nargs="?", const=True, default=False)
     parser.add_argument("--kind", choices=KINDS, help="refuse a spec of another kind")
     args = parser.parse_args(argv)
-    spec = load_spec(args.spec, args.overrides)
+    try:
+        spec = load_spec(args.spec, args.overrides)
+        trials(spec)  # every trial's config is valid
+    except (InputError, OSError) as error:
+        sys.exit(f"bertrep.sweep: {error}")
     if args.kind and spec.kind != args.kind:
         parser.error(f"{args.spec} is a {spec.kind} sweep, not {args.kind}")
     try:

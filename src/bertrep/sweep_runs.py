@@ -84,6 +84,28 @@ def end_stale_children(parent_id: str, status: str = "KILLED") -> int:
     return len(stale)
 
 
+WORKER_DIED = (
+    "its worker process {worker} died before the run ended (killed, out of memory, or its "
+    "node lost); the sweep retries a trial up to resources.max_failures times"
+)
+
+
+def fail_dead_attempts(parent_id: str, config_key: str | None = None) -> int:
+    """Mark the parent's children of this config key (all, without one) still RUNNING as
+    FAILED, with the reason. Called when a trial starts (Tune starts an attempt only once
+    the previous one ended, so a RUNNING run of its key lost its worker) and after each
+    stage (every trial has ended then)."""
+    client = _client()
+    dead = children(parent_id, "RUNNING")
+    if config_key is not None:
+        dead = [r for r in dead if r.data.tags.get(tracking.CONFIG_KEY) == config_key]
+    for run in dead:
+        worker = run.data.tags.get(tracking.RAY_WORKER, "?")
+        client.set_tag(run.info.run_id, tracking.FAILURE_REASON, WORKER_DIED.format(worker=worker))
+        client.set_terminated(run.info.run_id, "FAILED")
+    return len(dead)
+
+
 def end_sweep(store: str, parent_id: str, status: str) -> None:
     """End a sweep on its store directly (its server may be gone after Ctrl-C): no child
     left RUNNING, the parent ended with `status`."""

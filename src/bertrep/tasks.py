@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bertrep import env
+from bertrep.errors import InputError
 
 # The 47 Penn Treebank tags of CoNLL-2003, in the order the Hugging Face conll2003
 # dataset numbers them, so hub and local data share one label index.
@@ -39,7 +40,7 @@ CONLL_POS_TAGS = (
 )  # fmt: skip
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file that cannot be read as the task says; the message names file and row."""
 
 
@@ -225,8 +226,20 @@ def local_file(
     raise FileNotFoundError(f"no {spec.name} {split} file found; looked for {tried}")
 
 
+def check_utf8(path: Path) -> None:
+    """Data files are UTF-8: otherwise one error naming the row and the byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        row = data[: error.start].count(b"\n") + 1
+        byte = data[error.start : error.start + 1].hex()
+        raise DataError(f"{path}, row {row}: not UTF-8 text (byte 0x{byte})") from None
+
+
 def read_tsv(spec: TaskSpec, path: Path) -> list[Example]:
     """Read a GLUE-style TSV with quoting off (STS-B loses rows otherwise)."""
+    check_utf8(path)
     with open(path, encoding="utf-8", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, None)
@@ -276,6 +289,7 @@ def read_conll(spec: TaskSpec, path: Path) -> list[Example]:
     words: list[str] = []
     tags: list[int] = []
     tag_index = {t: i for i, t in enumerate(spec.labels)}
+    check_utf8(path)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             parts = line.split()

@@ -17,6 +17,7 @@ import math
 import os
 import time
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +68,7 @@ SEED = "seed"
 CONFIG_KEY = "config_key"
 DIVERGED = "diverged"
 DIVERGED_REASON = "diverged_reason"
+FAILURE_REASON = "failure_reason"  # why a run ended FAILED (the exception, a dead worker)
 TRAIN_FILE = "train_file"
 EVAL_FILE = "eval_file"
 NUM_LAYERS = "num_layers"
@@ -199,7 +201,8 @@ def start_run(
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
-    except BaseException:
+    except BaseException as error:
+        mlflow.set_tag(FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
@@ -248,9 +251,12 @@ def probe_dataset_name(task: str) -> str:
 def log_probe_input(rows, meta: dict) -> None:
     """A probe set as an MLflow dataset input of the active run: the UI's Dataset column
     shows it, and `datasets.digest = '<probe digest>'` finds every run read out on it."""
-    dataset = mlflow.data.from_pandas(
-        rows, source=meta["file"], name=probe_dataset_name(meta["task"]), digest=meta["digest"]
-    )
+    with warnings.catch_warnings():  # neither applies: a local file; ids never missing
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+        dataset = mlflow.data.from_pandas(
+            rows, source=meta["file"], name=probe_dataset_name(meta["task"]), digest=meta["digest"]
+        )
     tags = {k: str(meta[k]) for k in ("task", "split", "rows", "max_length", "seed")}
     mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)
 

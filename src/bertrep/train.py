@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import signal
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from accelerate.utils import set_seed
 
 from bertrep import mlmodel, tracking
 from bertrep.config import TWO_TASK_MODES, Runtime, TrainConfig, add_arguments, from_namespace
+from bertrep.errors import InputError
 from bertrep.forgetting import drift
 from bertrep.loop import Context, TaskData, load_task_data, log_eval, optimise
 from bertrep.model import TaskModel, load_model, save_checkpoint
@@ -311,7 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     add_arguments(parser, TrainConfig)
     add_arguments(parser, Runtime)
     args = parser.parse_args(argv)
-    run_id = run(from_namespace(args, TrainConfig), from_namespace(args, Runtime))
+    try:
+        run_id = run(from_namespace(args, TrainConfig), from_namespace(args, Runtime))
+    except (InputError, OSError) as error:  # bad input, a missing file or model: one line
+        sys.exit(f"bertrep.train: {error}")
     print(f"run {run_id} finished")
 
 
