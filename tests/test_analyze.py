@@ -5,7 +5,11 @@ analysis that downloads nothing, the missing-input report, and `figures` from th
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,7 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, run_ok
+from conftest import REPO, copy_study, run_ok
 from mlflow.tracking import MlflowClient
 
 from bertrep import env, server, sweep_runs, tracking
@@ -277,3 +281,40 @@ def test_mlproject_has_the_analysis_entry_points():
     entries = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     assert set(entries["analyze"]["parameters"]) == {"spec", "overrides"}
     assert set(entries["figures"]["parameters"]) == {"run_id", "out"}
+
+
+@pytest.mark.slow
+def test_killed_analysis_is_never_finished_and_its_downloads_are_kept(smoke_study, tmp_path):
+    """SIGTERM while the analysis downloads tables: its run ends KILLED (not FINISHED, not
+    left RUNNING); the next analysis finishes and reads what was downloaded from the cache."""
+    store = copy_study(smoke_study, tmp_path / "study")
+    mlflow.set_tracking_uri(store[env.MLFLOW_TRACKING_URI])
+    before = {
+        r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+    }
+    cache = Path(store[env.CACHE_DIR]) / "activations"
+    shutil.rmtree(cache, ignore_errors=True)
+    cmd = [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")]
+    proc = subprocess.Popen(cmd, env=store, cwd=tmp_path / "study", stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(cache.glob("*/*.parquet"))) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the analysis ended before it could be killed"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = len(list(cache.glob("*/*.parquet")))
+    mlflow.set_tracking_uri(store[env.MLFLOW_TRACKING_URI])
+    killed = _newest_analysis()
+    assert killed.info.run_id not in before
+    assert killed.info.status == "KILLED" and proc.returncode != 0
+    run_ok(cmd, store, tmp_path / "study")
+    again = _newest_analysis()
+    assert again.info.status == "FINISHED"
+    assert again.data.metrics[tracking.ANALYSIS_CACHE_HITS] >= kept > 0

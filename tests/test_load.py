@@ -1,6 +1,7 @@
 """Load: 16 processes writing at once through the sweep's tracking setup (a SQLite store
-served by `bertrep.server`'s `mlflow server`), each logging metrics every step, one of
-them unbatched, and artifacts. Every point and every byte must arrive."""
+served by `bertrep.server`'s `mlflow server`), each logging two metrics at every one of
+300 steps as trials do (batched), one more sent alone at each of the first 60 steps (a
+request each), and three artifacts. Every point and every byte must arrive."""
 
 from __future__ import annotations
 
@@ -16,23 +17,24 @@ from bertrep import env, server
 
 pytestmark = pytest.mark.slow
 
-PROCESSES, STEPS = 16, 200
+PROCESSES, STEPS, DIRECT_STEPS = 16, 300, 60
 
 # One trial's writes, as a sweep trial makes them: bertrep's run context and batched
-# metric logger, plus one metric sent per step (a request each) and three artifacts.
+# metric logger, plus a metric sent alone per step (a request each) and three artifacts.
 WRITER = """
 import sys
 from pathlib import Path
 import mlflow
 from bertrep import tracking
 
-i, steps, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+i, steps, direct, folder = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 with tracking.start_run("load", tags={"writer": str(i)}) as run:
     logger = tracking.MetricLogger(run.info.run_id, every=50)
     client = mlflow.MlflowClient()
     for step in range(steps):
         logger.log({"train/loss": i + step / 1000, "train/lr": step}, step)
-        client.log_metric(run.info.run_id, "direct", i * 10_000 + step, step=step)
+        if step < direct:
+            client.log_metric(run.info.run_id, "direct", i * 10_000 + step, step=step)
     logger.flush()
     for name, size in (("a.bin", 200_000), ("b.bin", 3_000), ("c.txt", 10)):
         path = folder / f"{i}-{name}"
@@ -55,7 +57,7 @@ def test_sixteen_writers_through_the_sweeps_server_lose_nothing(tmp_path):
         MlflowClient(url).create_experiment("load")  # as the sweep does: through its server
         writers = [
             subprocess.Popen(
-                [sys.executable, "-c", WRITER, str(i), str(STEPS), str(files)],
+                [sys.executable, "-c", WRITER, str(i), str(STEPS), str(DIRECT_STEPS), str(files)],
                 env=base | {env.MLFLOW_TRACKING_URI: url},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -75,11 +77,11 @@ def test_sixteen_writers_through_the_sweeps_server_lose_nothing(tmp_path):
         expected = {
             "train/loss": [i + s / 1000 for s in range(STEPS)],
             "train/lr": [float(s) for s in range(STEPS)],
-            "direct": [i * 10_000 + s for s in range(STEPS)],
+            "direct": [i * 10_000 + s for s in range(DIRECT_STEPS)],
         }
         for key, values in expected.items():
             history = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)
-            assert [m.step for m in history] == list(range(STEPS)), (key, i)
+            assert [m.step for m in history] == list(range(len(values))), (key, i)
             assert [m.value for m in history] == pytest.approx(values)
         # the artifacts went through the server, into the folder beside the store
         assert r.info.artifact_uri.startswith("mlflow-artifacts:/")

@@ -109,7 +109,8 @@ def check_complete(store, n_trials: int, kind: str | None = None) -> list:
 
 @pytest.mark.slow
 def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tiny_model, tmp_path):
-    """The smoke study's AuFC sweep, started by `mlflow run`; then a rerun on a copy."""
+    """The smoke study's AuFC sweep, started by `mlflow run`; then a rerun on a copy, with
+    the data folder moved."""
     store = copy_study(smoke_study, tmp_path / "study")
     print(f"smoke study: {smoke_study['seconds']:.0f}s")
     # 2 targets x 2 sources x 2 frozen levels x 2 seeds (the sources are the sst2 k=0
@@ -138,15 +139,25 @@ def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tiny_model, 
     assert all(math.isfinite(s) and s > 0 for s in startup)
     # workers are reused: start-up (imports, data, weights) is paid once per worker
     assert max(r.data.metrics[tracking.TRIAL_INDEX] for r in finished) > 1
-    # a second run finds every key FINISHED and trains nothing
+    # A second run finds every key FINISHED and trains nothing, even with the data folder
+    # moved: a run is what it reads (the files' content), not where they lie.
+    moved = tmp_path / "elsewhere" / "moved-data"
+    for task in ("sst2", "stsb", "conll2003"):  # what the sweep reads (sources probe POS)
+        (moved / task).mkdir(parents=True)
+        for file in (Path(store[env.DATA_DIR]) / task).iterdir():
+            shutil.copyfile(file, moved / task / file.name)  # real files, never links
+    assert not any(p.is_symlink() for p in moved.rglob("*"))
     before = len(training_runs(store))
-    again = subprocess.run(sweep_cmd(tiny_model), env=store, cwd=tmp_path, capture_output=True,
-                           text=True)  # fmt: skip
+    again = subprocess.run(sweep_cmd(tiny_model), env=store | {env.DATA_DIR: str(moved)},
+                           cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0, again.stderr[-4000:]
     assert len(training_runs(store)) == before
     assert not [r for r in runs(store) if r.info.status == "RUNNING"]
     newest = max(parents(store), key=lambda p: p.info.start_time)
     assert newest.data.metrics[tracking.SWEEP_SKIPPED] == 17
+    # the rerun read the moved folder (its trial list, stored beside the store by its server)
+    (listed,) = tmp_path.glob(f"**/{newest.info.run_id}/artifacts/{tracking.SWEEP_TRIALS_FILE}")
+    assert {t["data_dir"] for t in json.loads(listed.read_text())} == {str(moved.resolve())}
 
 
 @pytest.mark.slow
@@ -216,41 +227,9 @@ def test_single_sweep_keeps_its_deliberately_failed_run(smoke_study):
 
 
 @pytest.mark.slow
-def test_moved_data_folder_trains_nothing_new(tiny_model, data_dir, tmp_path):
-    """A run is what it reads, not where: after the data folder moves, the same sweep
-    finds its source and its trial FINISHED by config key and trains nothing."""
-    first = tmp_path / "data"
-    for task in ("sst2", "stsb", "conll2003"):  # the sources also extract on POS
-        (first / task).mkdir(parents=True)
-        for file in (data_dir / task).iterdir():
-            shutil.copyfile(file, first / task / file.name)  # real files, never links
-    store = store_env(tmp_path, first)
-    spec = yaml.safe_load(SMOKE.read_text())
-    spec["grid"] = {"task": "stsb", "source_task": "sst2", "frozen_layers": 0, "seed": 0}
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump(spec))  # a source, then one target
-    cmd = sweep_cmd(tiny_model, spec=tmp_path / "one.yaml")
-    done = subprocess.run(cmd, env=store, cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
-    check_complete(store, 2)
-    moved = tmp_path / "elsewhere" / "moved-data"
-    moved.parent.mkdir()
-    shutil.move(first, moved)
-    assert not first.exists() and not any(p.is_symlink() for p in moved.rglob("*"))
-    store[env.DATA_DIR] = str(moved)
-    again = subprocess.run(cmd, env=store, cwd=tmp_path, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert len(training_runs(store)) == 2
-    (rerun,) = [p for p in parents(store) if p.data.metrics.get(tracking.SWEEP_SKIPPED) == 1]
-    assert rerun.info.status == "FINISHED" and rerun.data.metrics[tracking.SWEEP_TRIALS] == 1
-    # the rerun read the moved folder (its trial list, stored beside the store by its server)
-    (listed,) = tmp_path.glob(f"**/{rerun.info.run_id}/artifacts/{tracking.SWEEP_TRIALS_FILE}")
-    assert {t["data_dir"] for t in json.loads(listed.read_text())} == {str(moved.resolve())}
-
-
-@pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path):
-    """SIGINT to the driver's process group once its source stage is done and the trials
-    are under way, then --resume: one FINISHED run per config key, nothing RUNNING."""
+    """kill -9 of the driver once its source stage is done and the trials are under way,
+    then --resume: one FINISHED run per config key, nothing left RUNNING."""
     store = store_env(tmp_path, data_dir)
     spec = yaml.safe_load(SMOKE.read_text())
     spec["grid"] = {"task": ["sst2", "stsb"], "source_task": "sst2", "frozen_layers": [0, 2],
@@ -266,22 +245,99 @@ def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path)
                 break  # the source and a first trial done, the others under way
             time.sleep(0.5)
         assert proc.poll() is None, "the sweep ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its server and Ray live on
+        proc.wait()
+        assert len([r for r in training_runs(store) if r.info.status == "FINISHED"]) < 5
+        resumed = subprocess.run([*cmd, "--resume"], env=store, cwd=tmp_path,
+                                 capture_output=True, text=True)  # fmt: skip
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # what the killed driver left behind
         except ProcessLookupError:
             pass
-        proc.wait()
-    assert len([r for r in training_runs(store) if r.info.status == "FINISHED"]) < 5
-    resumed = subprocess.run([*cmd, "--resume"], env=store, cwd=tmp_path, capture_output=True,
-                             text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     check_complete(store, 5)  # the source and the four trials
+    (parent,) = parents(store)
+    assert parent.data.metrics[tracking.SWEEP_SKIPPED] >= 1  # the trial the killed sweep finished
+
+
+def two_long_trials(tiny_model, data_dir, tmp_path, steps: int):
+    """A sweep of two long trials (sst2 from base, k = 1, seeds 0 and 1) started in the
+    background, and the first run seen training: (store, process, run)."""
+    store = store_env(tmp_path, data_dir)
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["fixed"] |= {"max_steps": steps, "probe_tasks": "sst2"}
+    spec["grid"] = {"task": "sst2", "source_task": "base", "frozen_layers": 1, "seed": [0, 1]}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(spec))
+    proc = subprocess.Popen(sweep_cmd(tiny_model, spec=tmp_path / "two.yaml"), env=store,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    client, started = MlflowClient(store[env.MLFLOW_TRACKING_URI]), time.monotonic()
+    while time.monotonic() - started < 300 and proc.poll() is None:
+        running = [r for r in training_runs(store) if r.info.status == "RUNNING"]
+        for r in running:
+            if client.get_metric_history(r.info.run_id, tracking.LOSS):
+                return store, proc, r
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"no trial was seen training: {proc.communicate()[1][-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_killed_tracking_server_is_restarted_and_nothing_is_lost(tiny_model, data_dir, tmp_path):
+    """kill -9 of the sweep's MLflow server (and its uvicorn worker) while trials train:
+    the sweep starts it again on the same port, the trials' requests retry, and every
+    FINISHED run holds every metric point and its activation table."""
+    import psutil
+
+    store, proc, _ = two_long_trials(tiny_model, data_dir, tmp_path, steps=300)
+    client = MlflowClient(store[env.MLFLOW_TRACKING_URI])
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+        (server_proc,) = [
+            p for p in family if {"server", "--backend-store-uri"} <= set(p.cmdline())
+        ]
+        for p in [*server_proc.children(recursive=True), server_proc]:
+            p.kill()
+        out, err = proc.communicate(timeout=400)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err[-4000:]
+    assert "starting it again on the same port (restart 1;" in err
+    for r in check_complete(store, 2):
+        steps = {m.step for m in client.get_metric_history(r.info.run_id, tracking.LOSS)}
+        assert steps == set(range(1, 301)) and tracking.FINAL_SCORE in r.data.metrics
+        assert list(tmp_path.glob(f"**/{r.info.run_id}/artifacts/activations/sst2/*.parquet"))
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried_and_its_attempt_marked_failed(tiny_model, data_dir, tmp_path):
+    """kill -9 the worker process of a trial mid-training: the trial runs again (one retry,
+    the default resources.max_failures), the dead attempt's run ends FAILED saying why."""
+    store, proc, victim = two_long_trials(tiny_model, data_dir, tmp_path, steps=400)
+    client = MlflowClient(store[env.MLFLOW_TRACKING_URI])
+    try:
+        os.kill(int(victim.data.tags[tracking.RAY_WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err[-4000:]
+    check_complete(store, 2)
+    dead = client.get_run(victim.info.run_id)
+    assert dead.info.status == "FAILED"
+    reason = dead.data.tags[tracking.FAILURE_REASON]
+    assert reason.startswith(f"its worker process {victim.data.tags[tracking.RAY_WORKER]} died")
+    key = victim.data.tags[tracking.CONFIG_KEY]
+    attempts = [r for r in training_runs(store) if r.data.tags[tracking.CONFIG_KEY] == key]
+    assert sorted(r.info.status for r in attempts) == ["FAILED", "FINISHED"]
+    assert f"RETRYING {victim.data.tags[tracking.RUN_NAME]}: " in out
+    assert re.search(r"smoke-aufc trials  2/2 done, 0 running, .* none left \|", out)
 
 
 @pytest.fixture

@@ -45,7 +45,9 @@ def store(smoke_study) -> dict:
     mlflow.set_tracking_uri(smoke_study["env"][env.MLFLOW_TRACKING_URI])
     found = mlflow.search_runs(search_all_experiments=True, output_format="list")
     kind = {r.info.run_id: r.data.tags.get(tracking.KIND) for r in found}
-    (analysis,) = [r for r in found if kind[r.info.run_id] == tracking.ANALYSIS_KIND]
+    # the study's own analysis (other tests add later ones to this store)
+    analysis = min((r for r in found if kind[r.info.run_id] == tracking.ANALYSIS_KIND),
+                   key=lambda r: r.info.start_time)  # fmt: skip
     return {
         "client": MlflowClient(smoke_study["env"][env.MLFLOW_TRACKING_URI]),
         "uri": smoke_study["env"][env.MLFLOW_TRACKING_URI],

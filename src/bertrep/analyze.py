@@ -320,6 +320,7 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tracking.end_killed_on_sigterm()  # a killed analysis run ends KILLED, never FINISHED
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

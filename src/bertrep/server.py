@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from bertrep import env, tracking
 START_TIMEOUT_S = 120.0
 ARTIFACTS = "mlartifacts"  # beside the store, as `mlflow server` names it
 STOP_TIMEOUT_S = 15.0  # after SIGTERM, before SIGKILL
+MAX_RESTARTS = 5  # a server that keeps dying is left dead: the sweep's trials then fail
 
 
 def store_uri() -> str:
@@ -79,27 +81,81 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) 
 def serve(store: str, log_dir: Path) -> Iterator[str]:
     """One writer for parallel trials: serve a local store through an `mlflow server` on
     loopback and yield its URL (an http(s) store is yielded as it is). The server runs in
-    this process group, so killing the sweep's group kills it too."""
+    this process group, so killing the sweep's group kills it too. Should it die while
+    in use (killed, out of memory), it is started again on the same port: trials' MLflow
+    requests retry with backoff and carry on against the same store."""
     if tracking.is_server_uri(store):
         yield store
         return
     port = free_port()
     url = f"{tracking.HTTP_URI}127.0.0.1:{port}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"mlflow-server-{port}.log"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store]
-    cmd += ["--artifacts-destination", str(artifacts_beside(store))]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "w") as out:
-        # MLflow 3's job runner (GenAI scorers, trace rollups) starts half a dozen
-        # consumer processes per server; nothing here submits jobs.
-        quiet = {env.MLFLOW_SERVER_ENABLE_JOB_EXECUTION: "false"} | dict(os.environ)
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=quiet)
+    guard = Supervised(store, port, log_dir / f"mlflow-server-{port}.log")
     try:
-        wait_healthy(url, proc, log, START_TIMEOUT_S)
+        guard.start()
+        wait_healthy(url, guard.proc, guard.log, START_TIMEOUT_S)
+        guard.watch()
         yield url
     finally:
-        stop_tree(proc.pid)
+        guard.stop()
+
+
+class Supervised:
+    """An `mlflow server` process, restarted (same port, same store) whenever it exits
+    before `stop`."""
+
+    def __init__(self, store: str, port: int, log: Path) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store]
+        cmd += ["--artifacts-destination", str(artifacts_beside(store))]
+        self.cmd = cmd + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        self.log, self.proc, self.restarts = log, None, 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+
+    def start(self) -> None:
+        with open(self.log, "a") as out:
+            # MLflow 3's job runner (GenAI scorers, trace rollups) starts half a dozen
+            # consumer processes per server; nothing here submits jobs.
+            quiet = {env.MLFLOW_SERVER_ENABLE_JOB_EXECUTION: "false"} | dict(os.environ)
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=quiet)
+
+    def watch(self) -> None:
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        import psutil
+
+        children: list = []
+        while not self._stopping.wait(1.0):
+            if self.proc.poll() is None:
+                try:  # remembered: once the server is gone they can no longer be found
+                    children = psutil.Process(self.proc.pid).children(recursive=True)
+                except psutil.NoSuchProcess:
+                    pass
+                continue
+            for child in children:  # its uvicorn worker would keep the port
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(children, timeout=10)
+            if self.restarts == MAX_RESTARTS:
+                print(f"the sweep's tracking server exited ({self.proc.returncode}) "
+                      f"{MAX_RESTARTS + 1} times; not starting it again (log {self.log})",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                return
+            self.restarts += 1
+            print(f"the sweep's tracking server exited ({self.proc.returncode}); starting it "
+                  f"again on the same port (restart {self.restarts}; log {self.log})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            self.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.proc is not None:
+            stop_tree(self.proc.pid)
 
 
 def stop_tree(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -76,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", default="figures", help="where the figures go")
     args = parser.parse_args(argv)
     check_project()
-    if shutil.which("mlflow") is None:  # `mlflow run --env-manager local` runs `python`
-        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    # `mlflow run --env-manager local` runs the `python` on PATH: make it this one
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")  # a bar per download
     store = server.store_uri()
     os.environ[env.MLFLOW_TRACKING_URI] = store  # every stage, and the reads below, on one store
@@ -92,9 +91,10 @@ def main(argv: list[str] | None = None) -> None:
         if done.returncode != 0:
             raise SystemExit(f"{args.setting} study: {name} failed (exit {done.returncode}); "
                              "run it again to continue: finished runs are kept")  # fmt: skip
-    run = collect.analysis_run()
-    summary_uri = f"{tracking.RUNS_URI}{run.info.run_id}/{tracking.ANALYSIS_SUMMARY}"
-    summary = tracking.mlflow.artifacts.load_text(summary_uri)
+    with server.through_server():  # artifacts logged through a server read back through one
+        run = collect.analysis_run()
+        summary_uri = f"{tracking.RUNS_URI}{run.info.run_id}/{tracking.ANALYSIS_SUMMARY}"
+        summary = tracking.mlflow.artifacts.load_text(summary_uri)
     print(f"\n=== {args.setting} study done in {duration(time.monotonic() - began)}: "
           + ", ".join(f"{k} {duration(v)}" for k, v in took.items()))  # fmt: skip
     print(headline(summary))

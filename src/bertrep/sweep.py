@@ -303,6 +303,7 @@ def _sweep_metrics(counts: dict[str, int]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tracking.end_killed_on_sigterm()  # as Ctrl-C: the parent ends KILLED, --resume continues
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import math
 import os
+import signal
 import time
 import urllib.parse
 import warnings
@@ -180,6 +181,16 @@ def _metrics(values: dict[str, float], step: int = 0) -> list:
 
 
 # --- a training run ---
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def end_killed_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler's stop) raises KeyboardInterrupt in this process, so
+    its run ends KILLED (`start_run`), not left RUNNING."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @contextmanager

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -300,13 +299,9 @@ def source_tags(cfg: TrainConfig) -> dict[str, str]:
     }
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> None:
     # A terminated run (kill, a scheduler's SIGTERM) ends KILLED, not left RUNNING.
-    signal.signal(signal.SIGTERM, _interrupt)
+    tracking.end_killed_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
