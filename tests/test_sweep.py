@@ -269,9 +269,10 @@ def two_long_trials(tiny_model, data_dir, tmp_path, steps: int):
     spec["fixed"] |= {"max_steps": steps, "probe_tasks": "sst2"}
     spec["grid"] = {"task": "sst2", "source_task": "base", "frozen_layers": 1, "seed": [0, 1]}
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(spec))
-    proc = subprocess.Popen(sweep_cmd(tiny_model, spec=tmp_path / "two.yaml"), env=store,
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(sweep_cmd(tiny_model, spec=tmp_path / "two.yaml"), env=store,
+                                cwd=tmp_path, stdout=out, stderr=err,
+                                start_new_session=True)  # fmt: skip
     client, started = MlflowClient(store[env.MLFLOW_TRACKING_URI]), time.monotonic()
     while time.monotonic() - started < 300 and proc.poll() is None:
         running = [r for r in training_runs(store) if r.info.status == "RUNNING"]
@@ -279,14 +280,29 @@ def two_long_trials(tiny_model, data_dir, tmp_path, steps: int):
             if client.get_metric_history(r.info.run_id, tracking.LOSS):
                 return store, proc, r
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"no trial was seen training: {proc.communicate()[1][-3000:]}")
+    stop(proc)
+    raise AssertionError(f"no trial was seen training: {output(tmp_path)[1][-3000:]}")
+
+
+def output(tmp_path) -> tuple[str, str]:
+    """What `two_long_trials`'s sweep printed: (stdout, stderr)."""
+    return (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
 
 
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def is_tracking_server(process) -> bool:
+    """The sweep's `mlflow server` (not one of Ray's processes, which may come and go)."""
+    import psutil
+
+    try:
+        return {"server", "--backend-store-uri"} <= set(process.cmdline())
+    except psutil.Error:
+        return False
 
 
 @pytest.mark.slow
@@ -299,15 +315,14 @@ def test_killed_tracking_server_is_restarted_and_nothing_is_lost(tiny_model, dat
     store, proc, _ = two_long_trials(tiny_model, data_dir, tmp_path, steps=300)
     client = MlflowClient(store[env.MLFLOW_TRACKING_URI])
     try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-        (server_proc,) = [
-            p for p in family if {"server", "--backend-store-uri"} <= set(p.cmdline())
-        ]
+        (server_proc,) = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                          if is_tracking_server(p)]  # fmt: skip
         for p in [*server_proc.children(recursive=True), server_proc]:
             p.kill()
-        out, err = proc.communicate(timeout=400)
+        proc.wait(timeout=400)
     finally:
         stop(proc)
+    out, err = output(tmp_path)
     assert proc.returncode == 0, err[-4000:]
     assert "starting it again on the same port (restart 1;" in err
     for r in check_complete(store, 2):
@@ -324,9 +339,10 @@ def test_killed_worker_is_retried_and_its_attempt_marked_failed(tiny_model, data
     client = MlflowClient(store[env.MLFLOW_TRACKING_URI])
     try:
         os.kill(int(victim.data.tags[tracking.RAY_WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
-        out, err = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     finally:
         stop(proc)
+    out, err = output(tmp_path)
     assert proc.returncode == 0, err[-4000:]
     check_complete(store, 2)
     dead = client.get_run(victim.info.run_id)

@@ -95,7 +95,9 @@ def test_resume_finds_the_unfinished_parent_and_ends_its_children(mlflow_store, 
 def test_a_run_never_stays_running(mlflow_store):
     with pytest.raises(RuntimeError), tracking.start_run("t") as run:
         raise RuntimeError("boom")
-    assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+    failed = MlflowClient().get_run(run.info.run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags[tracking.FAILURE_REASON] == "RuntimeError: boom"
     with pytest.raises(KeyboardInterrupt), tracking.start_run("t") as run:
         raise KeyboardInterrupt
     assert MlflowClient().get_run(run.info.run_id).info.status == "KILLED"
@@ -111,6 +113,25 @@ def test_a_run_never_stays_running(mlflow_store):
     metrics = MlflowClient().get_run(run.info.run_id).data.metrics
     assert (metrics[tracking.TRIAL_STARTUP], metrics[tracking.TRIAL_INDEX]) == (2.5, 1)
     assert MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_probe_sets_are_dataset_inputs_local_or_from_the_hub(mlflow_store, tmp_path):
+    """A local probe file names its source; a hub split (hf://...) has none MLflow can
+    resolve, and is logged without one."""
+    import pandas as pd
+
+    local = tmp_path / "dev.tsv"
+    local.write_text("sentence\tlabel\n")
+    rows = pd.DataFrame({"sentence": [0, 1], "position": [1, 2], "token_id": [7, 9]})
+    meta = {"task": "sst2", "split": "validation", "rows": 2, "max_length": 64, "seed": 0}
+    with tracking.start_run("t") as run:
+        tracking.log_probe_input(rows, meta | {"file": str(local), "digest": "a" * 16})
+        tracking.log_probe_input(rows, meta | {"file": "hf://nyu-mll/glue/sst2:validation",
+                                               "task": "stsb", "digest": "b" * 16})  # fmt: skip
+    inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    by_name = {i.dataset.name: i.dataset for i in inputs}
+    assert by_name["sst2-probe"].digest == "a" * 16 and str(local) in by_name["sst2-probe"].source
+    assert by_name["stsb-probe"].digest == "b" * 16
 
 
 def test_download_model_fetches_a_registered_checkpoint(mlflow_store, tmp_path):

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, args.overrides)
-    except (InputError, OSError) as error:
+    except (InputError, FileNotFoundError) as error:
         raise SystemExit(f"bertrep.analyze: {error}") from None
     os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")
     store = server.store_uri()

@@ -196,8 +196,8 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
         if os.path.isdir(weights):
             raise
         why = str(error).strip().splitlines()[0]
-        raise OSError(f"base_model {base_model!r} is not a local folder, an MLflow model URI "
-                      f"or a model the Hugging Face hub serves here: {why}") from None  # fmt: skip
+        what = "is not a local folder, an MLflow model URI or a model the Hugging Face hub"
+        raise InputError(f"base_model {base_model!r} {what} serves here: {why}") from None
     model = TaskModel(copy.deepcopy(encoder), [])
     for task in meta.get("heads", []):
         model.add_head(task)

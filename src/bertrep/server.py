@@ -108,7 +108,7 @@ class Supervised:
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store]
         cmd += ["--artifacts-destination", str(artifacts_beside(store))]
         self.cmd = cmd + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        self.log, self.proc, self.restarts = log, None, 0
+        self.log, self.proc, self.restarts, self.children = log, None, 0, []
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, daemon=True)
 
@@ -120,25 +120,35 @@ class Supervised:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=quiet)
 
     def watch(self) -> None:
+        self._remember_children()
         self._thread.start()
 
-    def _supervise(self) -> None:
+    def _remember_children(self) -> None:
+        """Its children (uvicorn), found while it lives: once it is gone they cannot be."""
         import psutil
 
-        children: list = []
+        try:
+            self.children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+
+    def _kill_children(self) -> None:
+        import psutil
+
+        for child in self.children:  # an orphaned uvicorn worker would keep the port
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(self.children, timeout=10)
+        self.children = []
+
+    def _supervise(self) -> None:
         while not self._stopping.wait(1.0):
             if self.proc.poll() is None:
-                try:  # remembered: once the server is gone they can no longer be found
-                    children = psutil.Process(self.proc.pid).children(recursive=True)
-                except psutil.NoSuchProcess:
-                    pass
+                self._remember_children()
                 continue
-            for child in children:  # its uvicorn worker would keep the port
-                try:
-                    child.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(children, timeout=10)
+            self._kill_children()
             if self.restarts == MAX_RESTARTS:
                 print(f"the sweep's tracking server exited ({self.proc.returncode}) "
                       f"{MAX_RESTARTS + 1} times; not starting it again (log {self.log})",
@@ -154,8 +164,9 @@ class Supervised:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join()
-        if self.proc is not None:
+        if self.proc is not None and self.proc.poll() is None:
             stop_tree(self.proc.pid)
+        self._kill_children()
 
 
 def stop_tree(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:

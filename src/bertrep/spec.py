@@ -180,7 +180,9 @@ def spec_from_dict(raw: dict, source: str = "<spec>") -> Spec:
 def read_yaml(path: Path) -> Any:
     """A spec file's YAML; malformed YAML is one error naming the file and the place."""
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         at = f", line {where.line + 1}" if where is not None else ""

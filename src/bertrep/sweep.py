@@ -190,10 +190,11 @@ def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict)
         ),
     )
     results = list(tuner.fit())
+    if any(r.error is None and "run_id" not in r.metrics for r in results):
+        # Tune caught the Ctrl-C and stopped its workers: their runs end KILLED (end_sweep)
+        raise SweepInterrupted(f"sweep {spec.name} interrupted")
     sweep_runs.fail_dead_attempts(context["parent"])  # a last attempt's worker died
     counts["failed"] = sum(r.error is not None for r in results)
-    if any(r.error is None and "run_id" not in r.metrics for r in results):
-        raise SweepInterrupted(f"sweep {spec.name} interrupted")  # Tune caught the Ctrl-C
     return counts
 
 
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         spec = load_spec(args.spec, args.overrides)
         trials(spec)  # every trial's config is valid
-    except (InputError, OSError) as error:
+    except (InputError, FileNotFoundError) as error:
         sys.exit(f"bertrep.sweep: {error}")
     if args.kind and spec.kind != args.kind:
         parser.error(f"{args.spec} is a {spec.kind} sweep, not {args.kind}")

@@ -213,8 +213,12 @@ def start_run(
         mlflow.end_run("KILLED")
         raise
     except BaseException as error:
-        mlflow.set_tag(FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
-        mlflow.end_run("FAILED")
+        try:
+            mlflow.set_tag(FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
+        except Exception:  # the store may be what failed: the status matters more
+            pass
+        finally:
+            mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
 
@@ -265,8 +269,11 @@ def log_probe_input(rows, meta: dict) -> None:
     with warnings.catch_warnings():  # neither applies: a local file; ids never missing
         warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+        # A local file names its source; MLflow resolves no source for a hub split
+        # (hf://...), which the probe set's tags and digest identify anyway.
+        source = meta["file"] if os.path.isfile(meta["file"]) else None
         dataset = mlflow.data.from_pandas(
-            rows, source=meta["file"], name=probe_dataset_name(meta["task"]), digest=meta["digest"]
+            rows, source=source, name=probe_dataset_name(meta["task"]), digest=meta["digest"]
         )
     tags = {k: str(meta[k]) for k in ("task", "split", "rows", "max_length", "seed")}
     mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)

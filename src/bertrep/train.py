@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run_id = run(from_namespace(args, TrainConfig), from_namespace(args, Runtime))
-    except (InputError, OSError) as error:  # bad input, a missing file or model: one line
+    except (InputError, FileNotFoundError) as error:  # bad input, a missing file: one line
         sys.exit(f"bertrep.train: {error}")
     print(f"run {run_id} finished")
 
