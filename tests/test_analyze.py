@@ -27,6 +27,10 @@ from bertrep.analyze import load_spec, spec_from_dict
 from bertrep.plots import draw_matrix
 
 SPECS = sorted((REPO / "analysis").glob("*.yaml"))
+ANALYZE = [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")]
+# Tests of the download cache and of a killed analysis need not redo the intervals,
+# diagnostics and shoot-out that the smoke study's own analysis checks.
+TABLES_ONLY = "bootstrap.replicates=0,diagnostics=false,predictors=false"
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
@@ -52,6 +56,10 @@ def test_every_shipped_analysis_spec_parses(path):
         ({"estimators": ["unbiased"]}, "estimators must be among"),
         ({"aufc": {"grid": [0, 6], "endpoints": True}}, "unknown key 'endpoints' in aufc"),
         ({"embeddings": "ture"}, "not a boolean"),
+        ({"bootstrap": {"reps": 3}}, "unknown key 'reps' in bootstrap"),
+        ({"bootstrap": {"replicates": 1}}, "bootstrap needs replicates 0"),
+        ({"bootstrap": {"level": "high"}}, "bootstrap values must be numbers"),
+        ({"subgroup_min_tokens": 3}, "subgroup_min_tokens must be a whole number >= 4"),
     ],
 )
 def test_unknown_keys_and_bad_values_are_errors_naming_them(raw, message):
@@ -183,6 +191,73 @@ def test_analysis_holds_every_table_and_figure(study, tmp_path):
     assert "## Mean-CKA (biased linear CKA)" in summary and "## AuFC" in summary
 
 
+@pytest.mark.slow
+def test_analysis_reports_intervals_floors_diagnostics_and_predictors(study, tmp_path):
+    from scipy import stats
+
+    tables = {k: pd.read_parquet(v) for k, v in _tables(study["run"].info.run_id, tmp_path).items()}
+    profiles = tables["profiles"]
+    biased = profiles[profiles.estimator == "biased"]
+    finite = biased[np.isfinite(biased.cka)]
+    assert np.isfinite(finite.ci_low).all() and (finite.ci_low <= finite.ci_high).all()
+    inside = (finite.ci_low <= finite.cka + 1e-12) & (finite.cka - 1e-12 <= finite.ci_high)
+    assert inside.mean() > 0.95  # bias-corrected: the interval sits around the estimate
+    identity = finite[(finite.kind == "identity") & (finite.hidden_x == finite.hidden_y)]
+    assert np.allclose(identity.ci_low, 1) and np.allclose(identity.ci_high, 1)
+    assert (finite.ci_replicates > 40).all()  # of the smoke spec's 50
+    assert (finite.floor > 0).all() and (finite.floor < 1).all()
+    debiased = profiles[profiles.estimator == "debiased"]
+    assert (debiased.floor == 0).all() and debiased.ci_low.isna().all()
+    mc = tables["mean_cka"]
+    cells = mc[(mc.estimator == "biased") & (mc.source != mc.target)]
+    assert len(cells) and (cells.ci_low <= cells.ci_high).all()
+    assert (cells.floor < cells.value).all() and (cells.ci_level == 0.95).all()
+    assert not cells.near_floor.astype(bool).any()
+    assert cells.within_seed_band.isna().all()  # two seeds: no band
+    au = tables["aufc"]
+    two = au[(au.variant == "aufc") & (au.seeds == 2)]
+    assert len(two) and (two.ci_low <= two.value + 1e-12).all()
+    assert (two.value <= two.ci_high + 1e-12).all()
+    assert set(tables["indistinguishable"].matrix) == {"mean_cka/biased", "aufc"}
+    # rogue dimensions: shares in order; the raw profile is the analysis's own
+    dims, rogue = tables["rogue_dims"], tables["rogue_profiles"]
+    assert ((0 < dims.top1) & (dims.top1 <= dims.top3) & (dims.top3 <= 1)).all()
+    assert ((0 < rogue.top_dim_share) & (rogue.top_dim_share <= 1)).all()
+    seeds = rogue[rogue.kind == "seeds"].set_index(["probe_task", "hidden_x", "hidden_y"]).cka
+    theirs = biased[biased.kind == "seeds"].set_index(["probe_task", "hidden_x", "hidden_y"]).cka
+    assert np.allclose(seeds.sort_index(), theirs.loc[seeds.index].sort_index(), atol=1e-6)
+    # subgroups: first sub-tokens and continuation pieces split the probe set
+    groups = tables["subgroups"]
+    sst2 = groups[(groups.probe_task == "sst2") & (groups.kind == "seeds")]
+    assert set(sst2.group) <= {"first", "continuation"} and "first" in set(sst2.group)
+    assert (groups.n >= 10).all() and any(g.startswith("tag ") for g in groups.group)
+    # the shoot-out's correlations are scipy's on its own cell table
+    shoot, corr = tables["predictor_cells"], tables["predictors"]
+    assert set(corr.predictor) == {"mean_cka", "diag_cka", "logme"}
+    assert np.isfinite(tables["logme"].value).all() and len(tables["logme"])
+    # (the smoke grid has two AuFC cells, too few to rank: test_predictors.py checks the
+    # values on a full table; here each row counts the cells its table has, says why it
+    # has no value, and equals scipy where it has one)
+    for r in corr[corr.scope == "all cells"].itertuples():
+        both = shoot[np.isfinite(shoot[r.predictor]) & np.isfinite(shoot[r.outcome])]
+        assert r.cells == len(both)
+        if len(both) < 3:
+            assert np.isnan(r.spearman) and "too few" in r.note
+        else:
+            expected = stats.spearmanr(both[r.predictor], both[r.outcome]).statistic
+            assert r.spearman == pytest.approx(expected, abs=1e-12)
+    figures = {
+        f.path.rsplit("/", 1)[1]
+        for f in MlflowClient().list_artifacts(study["run"].info.run_id, tracking.FIGURES_DIR)
+    }
+    for name in ("mean_cka_intervals", "aufc_intervals", "predictors", "rogue_dimensions",
+                 "subgroups"):  # fmt: skip
+        assert f"{name}.png" in figures, name
+    summary = study["stdout"]
+    assert "## How sure: 95% intervals" in summary
+    assert "## Which cheap signal predicts transfer?" in summary
+
+
 def _sweep_ids() -> dict[str, str]:
     query = f"tags.`{tracking.KIND}` = '{tracking.SWEEP_KIND}'"
     out = {}
@@ -259,11 +334,7 @@ def test_second_analysis_downloads_nothing_and_figures_redraw_from_tables(study,
     store, tmp = study["env"], study["tmp"]
     first = study["run"]
     assert first.data.metrics[tracking.ANALYSIS_DOWNLOADS] > 0
-    run_ok(
-        [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")],
-        store,
-        tmp,
-    )
+    run_ok([*ANALYZE, "--overrides", TABLES_ONLY], store, tmp)
     second = _newest_analysis()
     assert second.info.run_id != first.info.run_id
     assert second.data.metrics[tracking.ANALYSIS_DOWNLOADS] == 0
@@ -294,7 +365,7 @@ def test_killed_analysis_is_never_finished_and_its_downloads_are_kept(smoke_stud
     }
     cache = Path(store[env.CACHE_DIR]) / "activations"
     shutil.rmtree(cache, ignore_errors=True)
-    cmd = [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")]
+    cmd = [*ANALYZE, "--overrides", TABLES_ONLY]
     proc = subprocess.Popen(cmd, env=store, cwd=tmp_path / "study", stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:

@@ -31,8 +31,17 @@ from bertrep import env, figures, server, summary, tracking
 from bertrep.cka import ESTIMATORS
 from bertrep.collect import MissingInput, Store, TrainRun, log_tables
 from bertrep.config import parse_bool
+from bertrep.diagnostics import rogue_tables, subgroup_profiles
 from bertrep.errors import InputError
 from bertrep.identity import model_identity
+from bertrep.intervals import (
+    BootstrapRule,
+    Intervals,
+    aufc_intervals,
+    indistinguishable,
+    seed_band_table,
+)
+from bertrep.predictors import logme_table, shootout
 from bertrep.profiles import (
     forgetting_summary,
     forgetting_tables,
@@ -67,6 +76,10 @@ class AnalysisSpec:
     estimators: tuple[str, ...] = ESTIMATORS  # the first is the headline
     embeddings: bool = False  # profiles over blocks 1..L; true adds the embedding output
     aufc: AufcRule = AufcRule()
+    bootstrap: BootstrapRule = BootstrapRule()  # replicates: 0 turns intervals off
+    diagnostics: bool = True  # rogue dimensions and token-subgroup profiles
+    subgroup_min_tokens: int = 100  # probe tokens a subgroup needs for its profile
+    predictors: bool = True  # the transfer-predictor shoot-out (with LogME)
     description: str = ""
 
 
@@ -92,10 +105,14 @@ def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
     if not estimators or any(e not in ESTIMATORS for e in estimators):
         raise InputError(f"{source}: estimators must be among {', '.join(ESTIMATORS)}")
     rule = raw.get("aufc") or {}
-    rule_keys = [f.name for f in dataclasses.fields(AufcRule)]
-    for key in rule:
-        if key not in rule_keys:
-            raise InputError(f"{source}: unknown key {key!r} in aufc")
+    boot = raw.get("bootstrap") or {}
+    for name, given, cls in (("aufc", rule, AufcRule), ("bootstrap", boot, BootstrapRule)):
+        if not isinstance(given, dict):
+            raise InputError(f"{source}: {name} must be a mapping")
+        for key in given:
+            if key not in [f.name for f in dataclasses.fields(cls)]:
+                raise InputError(f"{source}: unknown key {key!r} in {name}")
+    bootstrap = _bootstrap_rule(boot, source)
     return AnalysisSpec(
         name=str(raw.get("name") or Path(source).stem),
         experiment=str(raw.get("experiment") or ""),
@@ -108,8 +125,37 @@ def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
             grid=tuple(int(k) for k in rule.get("grid") or ()),
             require_endpoints=parse_bool(rule.get("require_endpoints", True)),
         ),
+        bootstrap=bootstrap,
+        diagnostics=parse_bool(raw.get("diagnostics", True)),
+        subgroup_min_tokens=_whole(
+            raw.get("subgroup_min_tokens", 100), "subgroup_min_tokens", source, least=4
+        ),
+        predictors=parse_bool(raw.get("predictors", True)),
         description=str(raw.get("description") or ""),
     )
+
+
+def _whole(value, key: str, source: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InputError(f"{source}: {key} must be a whole number >= {least}; got {value!r}")
+    return value
+
+
+def _bootstrap_rule(raw: dict, source: str) -> BootstrapRule:
+    try:
+        rule = BootstrapRule(
+            replicates=int(raw.get("replicates", BootstrapRule.replicates)),
+            level=float(raw.get("level", BootstrapRule.level)),
+            seed=int(raw.get("seed", BootstrapRule.seed)),
+        )
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: bootstrap values must be numbers; got {raw}") from None
+    if rule.replicates < 0 or rule.replicates == 1 or not 0 < rule.level < 1:
+        raise InputError(
+            f"{source}: bootstrap needs replicates 0 (off) or at least 2 and a level in "
+            f"(0, 1); got {raw}"
+        )
+    return rule
 
 
 def load_spec(path: str | Path, overrides: str = "") -> AnalysisSpec:
@@ -167,13 +213,14 @@ def _one_base_model(spec: AnalysisSpec, runs: list[TrainRun]) -> list[TrainRun]:
     return runs
 
 
-def compute(inputs: Inputs, rule: AufcRule) -> dict[str, pd.DataFrame]:
+def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
     """Every table of the analysis, by name (tables/<name>.parquet)."""
     out: dict[str, pd.DataFrame] = {}
     out["runs"] = pd.DataFrame([_run_row(r) for r in inputs.runs])
     out["best"] = best_scores(inputs)
     out["scores"] = transfer_scores(inputs, out["best"])
-    out["aufc"], out["aufc_seeds"] = aufc_tables(out["scores"], rule, inputs)
+    out["aufc"], out["aufc_seeds"] = aufc_tables(out["scores"], spec.aufc, inputs)
+    out["aufc"] = aufc_intervals(out["aufc"], out["aufc_seeds"], spec.bootstrap)
     out["transfer_k0"] = transfer_k0(out["scores"])
     out["mean_cka"], cross_profiles = mean_cka_tables(inputs)
     profiles = pd.DataFrame(task_profiles(inputs))
@@ -182,6 +229,22 @@ def compute(inputs: Inputs, rule: AufcRule) -> dict[str, pd.DataFrame]:
     out["forgetting_cka"] = pd.DataFrame(forgetting_rows)
     out["forgetting_summary"] = forgetting_summary(out["forgetting"])
     out["transferability"], out["correlation"] = _comparisons(inputs, out)
+    if spec.bootstrap.replicates and not out["mean_cka"].empty:
+        out["seed_band"] = seed_band_table(out["profiles"])
+        out["indistinguishable"] = pd.concat(
+            [
+                indistinguishable(out["mean_cka"][out["mean_cka"].estimator == "biased"],
+                                  "mean_cka/biased"),
+                indistinguishable(out["aufc"][out["aufc"].variant == "aufc"], "aufc"),
+            ],
+            ignore_index=True,
+        )  # fmt: skip
+    if spec.diagnostics:
+        out["rogue_dims"], out["rogue_profiles"] = rogue_tables(inputs)
+        out["subgroups"] = subgroup_profiles(inputs, spec.subgroup_min_tokens)
+    if spec.predictors:
+        out["logme"] = logme_table(inputs)
+        out["predictor_cells"], out["predictors"] = shootout(out, inputs.tasks, spec.bootstrap)
     _missing_cells(inputs, out)
     out["missing"] = pd.DataFrame(
         [dataclasses.asdict(m) for m in inputs.missing], columns=["what", "detail", "command"]
@@ -283,7 +346,8 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
     started = time.time()
     store = Store(spec.experiment)
     parents, runs, missing = collect(spec, store)
-    inputs = Inputs(runs, store, spec.tasks, spec.estimators, spec.embeddings, missing)
+    intervals = Intervals(spec.bootstrap) if spec.bootstrap.replicates else None
+    inputs = Inputs(runs, store, spec.tasks, spec.estimators, spec.embeddings, missing, intervals)
     tags = {
         tracking.KIND: tracking.ANALYSIS_KIND,
         tracking.ANALYSIS_NAME: spec.name,
@@ -291,7 +355,7 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
         tracking.RUN_NAME: f"analysis {spec.name}",
     }
     with tracking.start_run(_experiment(spec, parents, store), tags=tags) as run:
-        tables = compute(inputs, spec.aufc)
+        tables = compute(inputs, spec)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             log_tables(tables, folder / tracking.TABLES_DIR)

@@ -22,14 +22,23 @@ of distinct but identical copies: biased CKA, a V-statistic, counts them as extr
 perfect matches, and every replicate lands above the estimate (at n = 2,000, 13% of the
 quick study's profile cells had their estimate outside the interval). So a replicate
 drops those pairs from the first term, Σ_s c_s(c_s − 1) M_ss with M_ss = Σ_{i,j∈s}
-Kc_ij Lc_ij; its replicates then sit around the estimate (tests: equal to explicit
-resampling with those pairs removed, to 1e-10; intervals cover a known truth at the
-nominal rate). Biased CKA = T(K, L) / sqrt(T(K, K) T(L, L)). The
-debiased estimator's i ≠ j sums have no meaning once rows repeat, so intervals are of
-the biased estimator only. Grams are of globally centred layers (any constant shift
-drops out of the weighted centring, and the products lose less to cancellation); they
-run in float32 for float16/float32 inputs, float64 for float64 ones, and every sum of
-products runs in float64.
+Kc_ij Lc_ij; its replicates then sit around the estimate (tests: the plain replicates,
+`pair_copies=True`, equal CKA of the explicitly resampled rows to 1e-10; the default
+ones equal that with those pairs removed). Biased CKA = T(K, L) / sqrt(T(K, K) T(L, L));
+with few long sentences the dropped pairs can make a self term non-positive: such a
+replicate is NaN and left out, and callers report how many were kept.
+
+What an interval is of: the reported number, biased CKA at this n, over other draws of
+sentences like these (tests: it covers the mean of the estimator over fresh draws at the
+nominal rate, at p/n from 0.01 to 0.15). It is not an interval for the population CKA:
+the biased estimator's own bias, which grows with width / n (see the floor), stays in
+both ends; the debiased estimator aims at the population value, but its i ≠ j sums have
+no meaning once rows repeat, so it gets no interval.
+
+Grams are of globally centred layers (any constant shift drops out of the weighted
+centring, and the products lose less to cancellation); they run in float32 for
+float16/float32 inputs, float64 for float64 ones, and every sum of products runs in
+float64.
 
 Permutation floor. Shuffling one side's rows uniformly keeps both Grams and gives
 E[tr(Kc P Lc Pᵀ)] = tr Kc tr Lc / (n − 1) (centred Grams sum to zero off the diagonal by
@@ -65,8 +74,10 @@ class Resampling:
     times each sentence was drawn; weights: (B, n) the same per row; indicator: the
     sparse (S, n) sentence-by-row 0/1 matrix."""
 
-    def __init__(self, starts: np.ndarray, counts: np.ndarray, n: int) -> None:
-        self.starts, self.counts, self.n = starts, counts, n
+    def __init__(
+        self, starts: np.ndarray, counts: np.ndarray, n: int, pair_copies: bool = False
+    ) -> None:
+        self.starts, self.counts, self.n, self.pair_copies = starts, counts, n, pair_copies
         sizes = np.diff(np.append(starts, n))
         self.weights = np.repeat(counts, sizes, axis=1)
         rows = np.repeat(np.arange(len(starts)), sizes)
@@ -74,10 +85,13 @@ class Resampling:
         self.indicator = sparse.csr_matrix((ones, (rows, np.arange(n))), shape=(len(starts), n))
 
 
-def sentence_weights(sentence: np.ndarray, replicates: int, seed: int) -> Resampling:
+def sentence_weights(
+    sentence: np.ndarray, replicates: int, seed: int, *, pair_copies: bool = False
+) -> Resampling:
     """Draw the S distinct sentences of `sentence` (n,), rows sorted by sentence, S times
     with replacement in each of `replicates` replicates. Seeded: the same arguments give
-    the same draw."""
+    the same draw. pair_copies=True keeps the pairs of distinct copies of a sentence (the
+    plain bootstrap of the resampled rows; see the module docstring)."""
     sentence = np.asarray(sentence)
     if sentence.ndim != 1 or len(sentence) < 2:
         raise ValueError(f"sentence must be a 1-D array of at least 2 rows; got {sentence.shape}")
@@ -89,7 +103,7 @@ def sentence_weights(sentence: np.ndarray, replicates: int, seed: int) -> Resamp
     rng = np.random.default_rng(seed)
     size = len(starts)
     counts = rng.multinomial(size, np.full(size, 1 / size), size=replicates).astype(np.float64)
-    return Resampling(starts, counts, len(sentence))
+    return Resampling(starts, counts, len(sentence), pair_copies)
 
 
 class Side:
@@ -100,7 +114,7 @@ class Side:
     work dtype, its weighted row sums (L, n, B) and the replicates' self terms (B, L).
     """
 
-    def __init__(self, layers, resampling: Resampling) -> None:
+    def __init__(self, layers: np.ndarray | list[np.ndarray], resampling: Resampling) -> None:
         layers = [np.asarray(x) for x in layers]
         n = resampling.n
         for i, x in enumerate(layers):
@@ -137,7 +151,8 @@ class Side:
         # distinct copies are identical rows, extra perfect matches that would lift
         # biased CKA above the estimate in every replicate.
         quadratic = np.einsum("bs,bs->b", counts @ blocks, counts)
-        quadratic -= (counts * (counts - 1)) @ np.diag(blocks)
+        if not self.resampling.pair_copies:
+            quadratic -= (counts * (counts - 1)) @ np.diag(blocks)
         (a, wa), (b, wb) = self.sums[i], other.sums[j]
         mixed = np.einsum("ib,ib,bi->b", a, b, self.weights)
         return quadratic - 2 * mixed / self.total + wa * wb / self.total**2
@@ -149,7 +164,9 @@ def _inner(a: np.ndarray, b: np.ndarray) -> float:
 
 def bootstrap_profile(x: Side, y: Side) -> np.ndarray:
     """(B, Lx, Ly) biased linear CKA of every layer pair in every replicate. A layer that
-    is constant within a replicate gives NaN there."""
+    is constant within a replicate, or whose self term is not positive (see the module
+    docstring), gives NaN there; without its copy pairs a cross term near zero may dip
+    below it (a replicate of a CKA near 0), and is kept."""
     if x.resampling is not y.resampling:
         raise ValueError("the two sides were prepared with different resamplings")
     out = np.empty((len(x.total), len(x.grams), len(y.grams)))
@@ -158,6 +175,7 @@ def bootstrap_profile(x: Side, y: Side) -> np.ndarray:
             for j in range(len(y.grams)):
                 t = x.pair_t(y, i, j)
                 out[:, i, j] = t / np.sqrt(x.self_t[:, i] * y.self_t[:, j])
+    out[~np.isfinite(out)] = np.nan
     return out
 
 
@@ -175,10 +193,9 @@ def percentile_interval(
     """(low, high) over axis 0 of the replicates, NaN replicates left out (all NaN: NaN).
 
     Without `estimate`: the (1 − level)/2 and (1 + level)/2 percentiles. With it (the
-    point estimate, shaped like one replicate): Efron's bias-corrected percentiles. A
-    resample repeats sentences, which lifts biased CKA a little (fewer distinct rows);
-    z0 = Φ⁻¹(share of replicates below the estimate) measures that shift and the
-    percentiles Φ(2 z0 ± z) undo it, so the interval sits around the estimate.
+    point estimate, shaped like one replicate): Efron's bias-corrected percentiles,
+    Φ(2 z0 ± z) with z0 = Φ⁻¹(share of replicates below the estimate), which shift both
+    ends by the replicates' median bias (never beyond their range).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1); got {level}")
@@ -207,8 +224,9 @@ def _quantiles(reps: np.ndarray, q: np.ndarray) -> np.ndarray:
         position = np.where(np.isfinite(q), q, 0) * np.maximum(count - 1, 0)
     below = np.floor(position).astype(np.int64)
     above = np.minimum(below + 1, np.maximum(count - 1, 0))
-    pick = lambda index: np.take_along_axis(ordered, index[None], axis=0)[0]  # noqa: E731
-    out = pick(below) + (position - below) * (pick(above) - pick(below))
+    low = np.take_along_axis(ordered, below[None], axis=0)[0]
+    high = np.take_along_axis(ordered, above[None], axis=0)[0]
+    out = low + (position - below) * (high - low)
     return np.where((count > 0) & np.isfinite(q), out, np.nan)
 
 

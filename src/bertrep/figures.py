@@ -26,6 +26,12 @@ import pandas as pd
 
 from bertrep import collect, env, server, tracking
 from bertrep.figures_forgetting import forgetting_figures
+from bertrep.figures_uncertainty import (
+    interval_figures,
+    predictor_figure,
+    rogue_figure,
+    subgroup_figure,
+)
 from bertrep.plots import NAMES, draw_matrix, headline, heatmap, name, save
 from bertrep.tables import matrix
 
@@ -216,6 +222,10 @@ def draw_all(tables: dict[str, pd.DataFrame], folder: Path, tasks) -> list[Path]
         freezing_curves,
         scatter,
         forgetting_figures,
+        interval_figures,
+        predictor_figure,
+        rogue_figure,
+        subgroup_figure,
     ):
         out += draw(tables, Path(folder), tasks)
     return out

@@ -76,7 +76,9 @@ def _inputs(features: Any, labels: Any, regression: bool) -> tuple[np.ndarray, n
     return f, (index[:, None] == np.arange(len(classes))).astype(np.float64)
 
 
-def _step(s2: np.ndarray, z: np.ndarray, rest: float, n: int, d: int, alpha: float, beta: float):
+def _step(
+    s2: np.ndarray, z: np.ndarray, rest: float, n: int, d: int, alpha: float, beta: float
+) -> tuple[float, float, float]:
     """L/n at (α, β) for one target, z = Uᵀy (k,), and the fixed point's next (α, β)."""
     denom = alpha + beta * s2
     gamma = np.sum(beta * s2 / denom)

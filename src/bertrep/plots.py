@@ -65,15 +65,24 @@ def heatmap(ax, rows: pd.DataFrame, title: str, *, xlabel: str, ylabel: str):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     first = rows.iloc[0]
+    floor = ""
+    if "near_floor" in rows:  # cells whose interval reaches the CKA of unrelated rows
+        near = rows[rows.near_floor.fillna(False).astype(bool)]
+        ax.scatter(near.hidden_x, near.hidden_y, marker="x", color="red", s=18)
+        floor = f", × at floor: {len(near)}" if len(near) else ""
     ax.set_title(
-        f"{title}\n{name(first.probe_task)} probe, n = {first.n}, {first.estimator}", fontsize=9
+        f"{title}\n{name(first.probe_task)} probe, n = {first.n}, {first.estimator}{floor}",
+        fontsize=9,
     )
     return image
 
 
-def draw_matrix(ax, frame: pd.DataFrame, *, title: str, vmin=None, vmax=None, digits: int = 2):
-    """Sources as rows (base last), targets as columns, each value written in its cell;
-    a missing cell is hatched and labelled "missing", never coloured. Returns the image."""
+def draw_matrix(
+    ax, frame: pd.DataFrame, *, title: str, vmin=None, vmax=None, digits: int = 2, notes=None
+):
+    """Sources as rows (base last), targets as columns, each value written in its cell
+    (and below it the cell's entry of `notes`, a frame of strings, if given); a missing
+    cell is hatched and labelled "missing", never coloured. Returns the image."""
     values = frame.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     lo = vmin if vmin is not None else (finite.min() if len(finite) else 0.0)
@@ -82,13 +91,14 @@ def draw_matrix(ax, frame: pd.DataFrame, *, title: str, vmin=None, vmax=None, di
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
             shade = (v - lo) / (hi - lo) if hi > lo else 0.5
+            note = "" if notes is None else notes.iloc[i, j]
             ax.text(
                 j,
                 i,
-                f"{v:.2f}",
+                f"{v:.{digits}f}" + (f"\n{note}" if note else ""),
                 ha="center",
                 va="center",
-                fontsize=9,
+                fontsize=9 if notes is None else 8,
                 color="black" if shade > 0.6 else "white",
             )
         else:

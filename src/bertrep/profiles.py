@@ -24,6 +24,7 @@ from bertrep import activations, tracking, transfer
 from bertrep.cka import cka_profiles
 from bertrep.collect import MissingInput, TrainRun
 from bertrep.forgetting import forgotten
+from bertrep.intervals import Band, mean_cka_interval
 from bertrep.tables import BASE, Inputs, Missing, sweep_command
 from bertrep.tasks import get_task
 
@@ -67,7 +68,15 @@ def profile_rows(
     hx, hy = _hidden(inputs, x, kind), _hidden(inputs, y, kind)
     sx, sy = _states(path_x, hx), _states(path_y, hy)
     meta = activations.read_meta(path_x)
-    for estimator, profile in cka_profiles(sx, sy, inputs.estimators).items():
+    profiles = cka_profiles(sx, sy, inputs.estimators)
+    bands = {}
+    if inputs.intervals is not None and kind in BOOTSTRAPPED and "biased" in profiles:
+        key = profile_key(probe, x.run_id, y.run_id, _step(path_x), _step(path_y), hx, hy)
+        bands["biased"] = inputs.intervals.profile(
+            key, (path_x, path_y), (hx, hy), (sx, sy), profiles["biased"]
+        )
+    for estimator, profile in profiles.items():
+        band = bands.get(estimator) or _no_band(estimator, profile.shape)
         for (i, a), (j, b) in itertools.product(enumerate(hx), enumerate(hy)):
             yield {
                 "kind": kind,
@@ -86,8 +95,34 @@ def profile_rows(
                 "hidden_x": a,
                 "hidden_y": b,
                 "cka": float(profile[i, j]),
+                "ci_low": float(band.low[i, j]),
+                "ci_high": float(band.high[i, j]),
+                "ci_replicates": int(band.kept[i, j]),
+                "floor": float(band.floor[i, j]),
+                # unknown (None) without an interval, never a silent "no"
+                "near_floor": bool(band.low[i, j] <= band.floor[i, j])
+                if np.isfinite(band.low[i, j])
+                else None,
                 **extra,
             }
+
+
+# Profiles with intervals: those behind the task profiles and the Mean-CKA cells (the
+# forgetting series get none: their many checkpoints would double the stage's time).
+BOOTSTRAPPED = ("identity", "seeds", "diverged", "self", "cross")
+
+
+def profile_key(probe, run_x, run_y, step_x, step_y, hidden_x, hidden_y) -> tuple:
+    """What names one profile's replicates: probe task, both runs and steps, and the
+    hidden states of each side (with embeddings, task profiles have one more)."""
+    return (probe, run_x, run_y, int(step_x), int(step_y), tuple(hidden_x), tuple(hidden_y))
+
+
+def _no_band(estimator: str, shape: tuple) -> Band:
+    """No interval; the floor is known for the debiased estimator (exactly 0) only."""
+    floor = np.zeros(shape) if estimator == "debiased" else np.full(shape, np.nan)
+    nothing = np.full(shape, np.nan)
+    return Band(nothing, nothing, floor, np.zeros(shape, dtype=int))
 
 
 def _step(path: Path) -> int:
@@ -192,23 +227,38 @@ def mean_cka_tables(inputs: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
                 )
                 continue
             profiles += cross_rows
-            cells += _mean_cka_cells(source, target, models, cross_rows, self_rows)
+            cells += _mean_cka_cells(
+                source, target, models, cross_rows, self_rows, inputs.intervals
+            )
     return pd.DataFrame(cells), pd.DataFrame(profiles)
 
 
-def _mean_cka_cells(source, target, models, cross_rows, self_rows) -> list[dict]:
+def _keys(rows: pd.DataFrame) -> list[tuple]:
+    """The profile keys of a frame of profile rows, one per profile."""
+    out = []
+    for pair, g in rows.groupby(["probe_task", "run_x", "run_y", "step_x", "step_y"]):
+        hx, hy = (sorted(int(h) for h in g[c].unique()) for c in ("hidden_x", "hidden_y"))
+        out.append(profile_key(*pair, hx, hy))
+    return out
+
+
+def _mean_cka_cells(source, target, models, cross_rows, self_rows, intervals) -> list[dict]:
     cross, self_ = pd.DataFrame(cross_rows), pd.DataFrame(self_rows)
     out = []
     for estimator in dict.fromkeys(cross.estimator):  # the headline estimator first
         c = cross[cross.estimator == estimator]
         s = self_[self_.estimator == estimator]
         value = transfer.mean_cka(_stack(c), _stack(s))
+        band = {}
+        if intervals is not None and estimator == "biased":
+            band = mean_cka_interval(intervals, _keys(c), _keys(s), _stack(s), value)
         out.append(
             {
                 "source": source,
                 "target": target,
                 "estimator": estimator,
                 "value": value,
+                **band,
                 "cross_pairs": c.groupby(["run_x", "run_y"]).ngroups,
                 "self_pairs": s.groupby(["run_x", "run_y"]).ngroups,
                 "probe_digest": _one(c.probe_digest, f"{source}->{target} probe digests"),

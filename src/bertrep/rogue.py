@@ -89,23 +89,30 @@ def dimension_share_profile(xs: Any, ys: Any) -> np.ndarray:
     """Largest single-dimension share (dimension_shares) of every layer pair, (Lx, Ly).
 
     xs: (Lx, n, p1) array or a sequence of (n, p_i) layers; ys likewise with the same n
-    rows. Each layer is centred once; each pair costs one (p1, p2) float64 product. Holds
-    the float64 centred copies of all of ys and of one layer of xs at a time.
+    rows. Each layer is centred once (float64), and every pair's Xcᵀ Yc comes from one
+    float32 product of the stacked centred layers (shares are ratios of its squares:
+    float32 changes them by ~1e-6 relative), squared and summed in float64.
     """
     xs, ys = _stack(xs, "xs"), _stack(ys, "ys")
     if xs[0].shape[0] != ys[0].shape[0]:
         raise ValueError(f"xs has {xs[0].shape[0]} rows but ys has {ys[0].shape[0]}")
-    ycs = [_centred(y) for y in ys]
+    xc = np.concatenate([_centred(x) for x in xs], axis=1).astype(np.float32)
+    yc = np.concatenate([_centred(y) for y in ys], axis=1).astype(np.float32)
+    product = xc.T @ yc  # every pair's Xcᵀ Yc, as blocks
+    ex, ey = np.cumsum([0] + [x.shape[1] for x in xs]), np.cumsum([0] + [y.shape[1] for y in ys])
     out = np.empty((len(xs), len(ys)))
-    for i, x in enumerate(xs):
-        xc = _centred(x)
-        for j, yc in enumerate(ycs):
-            out[i, j] = _top(*_shares(xc, yc)).share
+    for i, j in np.ndindex(len(xs), len(ys)):
+        block = np.square(product[ex[i] : ex[i + 1], ey[j] : ey[j + 1]], dtype=np.float64)
+        out[i, j] = _top(*_split(block)).share
     return out
 
 
 def _shares(xc: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    c2 = np.square(xc.T @ yc)  # (p1, p2): (x_aᵀ y_b)²
+    return _split(np.square(xc.T @ yc))  # (p1, p2): (x_aᵀ y_b)²
+
+
+def _split(c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each dimension's share of Σ c2, for the rows' and the columns' dimensions."""
     total = c2.sum()
     if total == 0:
         return np.full(c2.shape[0], np.nan), np.full(c2.shape[1], np.nan)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from bertrep import tracking
+from bertrep.diagnostics import DRIVEN, driven_cells
 from bertrep.tables import matrix
 
 
@@ -19,11 +21,11 @@ def _fmt(value) -> str:
     )
 
 
-def _table(frame: pd.DataFrame, corner: str) -> str:
+def _table(frame: pd.DataFrame, corner: str, fmt=_fmt) -> str:
     head = f"| {corner} | " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * (len(frame.columns) + 1)
     body = [
-        f"| {idx} | " + " | ".join(_fmt(v) for v in row) + " |"
+        f"| {idx} | " + " | ".join(fmt(v) for v in row) + " |"
         for idx, row in zip(frame.index, frame.to_numpy(), strict=True)
     ]
     return "\n".join([head, rule, *body])
@@ -98,6 +100,7 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
             lines.append(f"- {r.mode} {r.task_a}{joint}{r.task_b} seed {r.seed}, {r.task} "
                          f"({r.scored}): {_fmt(r.first)} → {_fmt(r.last)} ({change})")  # fmt: skip
         lines.append("")
+    lines += uncertainty(tables, spec.tasks)
     missing = tables["missing"]
     lines += ["## Missing inputs", ""]
     if len(missing):
@@ -106,3 +109,105 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
         lines.append("None: every cell was computed.")
     lines += ["", f"Tables: `{tracking.TABLES_DIR}/`; figures: `{tracking.FIGURES_DIR}/`.", ""]
     return "\n".join(lines)
+
+
+def flagged(value) -> bool:
+    """A nullable flag of the tables (True, False, or None/NA where unknown) read as
+    "known to be true"; survives a Parquet round trip."""
+    return value is not None and value is not pd.NA and value == value and bool(value)
+
+
+def _ci(low, high) -> str:
+    return "" if not (math.isfinite(low) and math.isfinite(high)) else f" [{low:.3f}, {high:.3f}]"
+
+
+def uncertainty(tables: dict[str, pd.DataFrame], tasks: tuple[str, ...]) -> list[str]:
+    """Intervals, floors, cells that cannot be told apart, the predictor shoot-out, rogue
+    dimensions and subgroups: the sections the tables allow."""
+    lines = []
+    mc, au = tables["mean_cka"], tables["aufc"]
+    if "ci_low" in mc and len(mc):
+        level = f"{float(mc.ci_level.dropna().iloc[0]):.0%}" if mc.ci_level.notna().any() else ""
+        lines += [f"## How sure: {level} intervals", ""]
+        lines.append(
+            "Mean-CKA (biased): probe sentences resampled (bias-corrected percentile "
+            "interval of the biased estimate at this probe size, not of the population "
+            "CKA); AuFC: a t-interval over its seeds. ≤ marks an interval that reaches the "
+            "floor (Mean-CKA: every cross profile at the CKA of unrelated rows; AuFC: 0, "
+            "chance)."
+        )
+        lines.append("")
+        for title, cells in (("Mean-CKA (biased)", mc[mc.estimator == "biased"]),
+                             ("AuFC", au[au.variant == "aufc"])):  # fmt: skip
+            text = matrix(cells, tasks).astype(object)
+            for r in cells.itertuples():
+                if r.source in text.index and r.target in text.columns:
+                    mark = " ≤" if flagged(r.near_floor) else ""
+                    text.loc[r.source, r.target] = (
+                        f"{_fmt(r.value)}{_ci(r.ci_low, r.ci_high)}{mark}"
+                    )
+            text = text.map(lambda v: "—" if not isinstance(v, str) else v)
+            lines += [f"{title}:", "", _table(text, "source \\ target", str), ""]
+        lines.append("Per target, the best source and those whose interval overlaps its:")
+        lines.append("")
+        ties = tables.get("indistinguishable", pd.DataFrame())
+        for (m, target), g in ties.groupby(["matrix", "target"]) if len(ties) else []:
+            tied = ", ".join(g[g.tied_with_best.map(flagged)].source) or "none"
+            unknown = ", ".join(g[g.tied_with_best.isna()].source)
+            lines.append(f"- {m}, target {target}: best {g.best_source.iloc[0]}; "
+                         f"cannot be told apart from it: {tied}"
+                         + (f" (no interval: {unknown})" if unknown else ""))  # fmt: skip
+        profiles = tables["profiles"]
+        if "near_floor" in profiles:
+            biased = profiles[(profiles.estimator == "biased") & profiles.near_floor.notna()]
+            near = biased[biased.near_floor.map(flagged)]
+            lines.append(
+                f"- Profile cells whose interval reaches the permutation floor (the CKA of "
+                f"unrelated rows): {len(near)} of {len(biased)} with an interval (largest "
+                f"floor {_fmt(biased.floor.max())})."
+            )
+        if "floor" in mc:
+            lines.append(f"- Mean-CKA floors (every cross profile at its permutation floor): "
+                         f"{_fmt(mc.floor.min())} to {_fmt(mc.floor.max())}.")  # fmt: skip
+        banded = mc[np.isfinite(mc.seed_band_low)] if "seed_band_low" in mc else mc.iloc[:0]
+        if len(banded):
+            within = banded[banded.within_seed_band.map(flagged)]
+            lines.append(
+                "- Seed-noise band: Mean-CKA cells as similar to the target as another of "
+                "its seeds (interval overlaps the band): "
+                + (", ".join(f"{r.source}→{r.target}" for r in within.itertuples()) or "none")
+            )
+        else:
+            lines.append("- Seed-noise band: needs three or more seeds of a target.")
+        lines.append("")
+    corr = tables.get("predictors", pd.DataFrame())
+    if len(corr):
+        lines += ["## Which cheap signal predicts transfer? (rank correlations, seeds resampled)",
+                  "", "| predictor | outcome | scope | cells | Spearman | Kendall |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in corr.itertuples():
+            lines.append(f"| {r.predictor} | {r.outcome} | {r.scope} | {r.cells} | "
+                         f"{_fmt(r.spearman)}{_ci(r.spearman_low, r.spearman_high)} | "
+                         f"{_fmt(r.kendall)}{_ci(r.kendall_low, r.kendall_high)} |")  # fmt: skip
+        lines.append("")
+    dims, rogue = tables.get("rogue_dims"), tables.get("rogue_profiles")
+    if dims is not None and len(dims):
+        lines += ["## Rogue dimensions", ""]
+        for task, g in dims.groupby("probe_task", sort=False):
+            top = g.loc[g.top1.idxmax()]
+            lines.append(f"- {task}: largest single-dimension variance share {top.top1:.2f} "
+                         f"({top.label}, layer {top.hidden})")  # fmt: skip
+        driven = driven_cells(rogue)
+        if len(driven):
+            lines.append(f"- WARNING: in {len(driven)} profile cells one dimension holds more "
+                         f"than half of the CKA numerator, e.g. "
+                         + "; ".join(f"{r.probe_task} {r.kind} ({r.hidden_x}, {r.hidden_y}) "
+                                     f"{r.top_dim_share:.2f}"
+                                     for r in driven.head(5).itertuples()))  # fmt: skip
+        else:
+            lines.append(
+                f"- No profile cell is driven by one dimension (its share of the CKA "
+                f"numerator ≤ {DRIVEN} everywhere)."
+            )
+        lines.append("")
+    return lines

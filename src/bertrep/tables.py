@@ -19,6 +19,7 @@ import pandas as pd
 
 from bertrep import tracking, transfer
 from bertrep.collect import Store, TrainRun
+from bertrep.intervals import Intervals
 from bertrep.tasks import get_task
 
 BASE = tracking.BASE_SOURCE  # the row of the pretrained model
@@ -41,6 +42,7 @@ class Inputs:
     estimators: tuple[str, ...]
     embeddings: bool  # whether hidden state 0 (the embedding output) joins the profiles
     missing: list[Missing]
+    intervals: Intervals | None = None  # bootstrap replicates of the profiles, if asked
 
     def select(self, **tags) -> list[TrainRun]:
         """Runs whose attributes equal every given value, by seed."""
