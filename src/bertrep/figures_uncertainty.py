@@ -55,7 +55,7 @@ def interval_figures(tables: dict, folder: Path, tasks) -> list[Path]:
                 if np.isfinite(low.loc[s, t]):
                     notes.loc[s, t] = f"[{low.loc[s, t]:.{digits}f}, {high.loc[s, t]:.{digits}f}]"
                     if floored.loc[s, t]:
-                        notes.loc[s, t] += "\n≤ floor"
+                        notes.loc[s, t] += "\n≤ chance" if key == "aufc" else "\n≤ floor"
         fig, ax = plt.subplots(figsize=(1.7 * frame.shape[1] + 2.4, 1.0 * frame.shape[0] + 1.6))
         level = f"{float(cells.ci_level.iloc[0]):.0%}" if "ci_level" in cells else ""
         image = draw_matrix(

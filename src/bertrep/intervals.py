@@ -40,7 +40,7 @@ from bertrep.bootstrap import (
 
 # Prepared sides kept at once: the target seeds a Mean-CKA column compares against and
 # the source model of the moment (3 seeds + 1 in the paper's setting). Each holds its
-# layers' Grams: 13 x n² float32, ~1.3 GB at n = 5,000.
+# layers' Grams: L x n² float32, ~1.2 GB for BERT-base at n = 5,000.
 _SIDES_KEPT = 6
 
 
