@@ -96,6 +96,7 @@ class Store:
         root = Path(cache_dir or env.cache_root()) / "activations"
         self.cache = ArtifactCache(root)
         self._versions: dict[str, dict] = {}
+        self._steps: dict[tuple[str, str], list[int]] = {}
 
     # --- runs ---
 
@@ -224,9 +225,15 @@ class Store:
         return {m.step: m.value for m in self.client.get_metric_history(run_id, key)}
 
     def activation_steps(self, run_id: str, probe_task: str) -> list[int]:
-        """The steps at which the run logged activations on `probe_task`'s probe set."""
-        files = self.client.list_artifacts(run_id, tracking.activations_dir(probe_task))
-        return sorted(tracking.activations_step(f.path) for f in files if not f.is_dir)
+        """The steps at which the run logged activations on `probe_task`'s probe set
+        (listed once per analysis: a finished run's artifacts do not change)."""
+        key = (run_id, probe_task)
+        if key not in self._steps:
+            files = self.client.list_artifacts(run_id, tracking.activations_dir(probe_task))
+            self._steps[key] = sorted(
+                tracking.activations_step(f.path) for f in files if not f.is_dir
+            )
+        return self._steps[key]
 
     def activations(self, run: TrainRun, probe_task: str, step: int | None = None) -> Path:
         """A local copy of the run's activation table on `probe_task` at `step` (default:

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 
 from bertrep.collect import MissingInput
-from bertrep.encode import IGNORE, encode, tokenizer_digest
+from bertrep.encode import IGNORE, encode_cached, tokenizer_digest
 from bertrep.probes import build_probe_set, excluded_ids
 from bertrep.tasks import get_task, load_split
 
@@ -68,7 +68,7 @@ def _labels(task, digest, root_model, settings, data_dir: str, data_files: str) 
         )
     except (OSError, ValueError) as error:
         raise MissingInput(f"{task} probe labels: {error}") from None
-    data = encode(spec, examples, tokenizer, max_length)
+    data = encode_cached(spec, examples, file, tokenizer, max_length)  # the runs' cache
     probe = build_probe_set(
         data, task=task, split=spec.eval_split, file=file,
         tokenizer_digest=tokenizer_digest(tokenizer), excluded=excluded_ids(tokenizer),

@@ -77,31 +77,49 @@ def _inputs(features: Any, labels: Any, regression: bool) -> tuple[np.ndarray, n
 
 
 def _step(
-    s2: np.ndarray, z: np.ndarray, rest: float, n: int, d: int, alpha: float, beta: float
-) -> tuple[float, float, float]:
-    """L/n at (α, β) for one target, z = Uᵀy (k,), and the fixed point's next (α, β)."""
-    denom = alpha + beta * s2
-    gamma = np.sum(beta * s2 / denom)
-    m_sq = np.sum((beta * z) ** 2 * s2 / denom**2)
-    res = np.sum((alpha * z / denom) ** 2) + rest
+    s2: np.ndarray, z: np.ndarray, rest: np.ndarray, n: int, d: int, alpha, beta
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """L/n at (α, β) of every target (K,), z = Uᵀy (k, K), and the fixed point's next
+    (α, β) of each: all targets of one feature matrix in one pass."""
+    s2 = s2[:, None]
+    denom = alpha + beta * s2  # (k, K)
+    gamma = np.sum(beta * s2 / denom, axis=0)
+    m_sq = np.sum((beta * z) ** 2 * s2 / denom**2, axis=0)
+    res = np.sum((alpha * z / denom) ** 2, axis=0) + rest
     # A has D − k eigenvalues α beyond the k of the SVD when D > n.
-    logdet = np.sum(np.log(denom)) + (d - len(s2)) * math.log(alpha)
-    total = (n * math.log(beta) + d * math.log(alpha) - n * math.log(2 * math.pi)
+    logdet = np.sum(np.log(denom), axis=0) + (d - len(s2)) * np.log(alpha)
+    total = (n * np.log(beta) + d * np.log(alpha) - n * math.log(2 * math.pi)
              - beta * res - alpha * m_sq - logdet)  # fmt: skip
     return total / (2 * n), gamma / m_sq, (n - gamma) / res
 
 
-def _fit(s2: np.ndarray, z: np.ndarray, rest: float, n: int, d: int) -> tuple:
-    """(alpha, beta, L/n) where the fixed point from α = β = 1 settles, for one target."""
-    alpha, beta, last = 1.0, 1.0, -math.inf
-    for _ in range(_MAX_ITER):
-        value, new_alpha, new_beta = _step(s2, z, rest, n, d, alpha, beta)
-        settled = abs(new_alpha - alpha) <= _TOL * alpha and abs(new_beta - beta) <= _TOL * beta
-        if settled or abs(value - last) <= _STALL * max(1.0, abs(value)):
-            return alpha, beta, value
-        alpha, beta, last = new_alpha, new_beta, value
+def _fit(s2: np.ndarray, z: np.ndarray, rest: np.ndarray, n: int, d: int) -> tuple:
+    """(alpha, beta, L/n), each (K,), where each target's fixed point from α = β = 1
+    settles; a settled target keeps its values while the others go on."""
+    k = z.shape[1]
+    alpha, beta, last = np.ones(k), np.ones(k), np.full(k, -np.inf)
+    out = np.ones(k), np.ones(k), np.full(k, np.nan)
+    done = np.zeros(k, dtype=bool)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # settled targets
+        for _ in range(_MAX_ITER):
+            value, new_alpha, new_beta = _step(s2, z, rest, n, d, alpha, beta)
+            settled = (np.abs(new_alpha - alpha) <= _TOL * alpha) & (
+                np.abs(new_beta - beta) <= _TOL * beta
+            )
+            stalled = np.abs(value - last) <= _STALL * np.maximum(1.0, np.abs(value))
+            now = ~done & (settled | stalled)
+            for kept, current in zip(out, (alpha, beta, value), strict=True):
+                kept[now] = current[now]
+            done |= now
+            if done.all():
+                return out
+            alpha = np.where(done, alpha, new_alpha)
+            beta = np.where(done, beta, new_beta)
+            last = np.where(done, last, value)
     warnings.warn(f"LogME did not converge in {_MAX_ITER} steps", RuntimeWarning, stacklevel=3)
-    return alpha, beta, value
+    for kept, current in zip(out, (alpha, beta, value), strict=True):
+        kept[~done] = current[~done]
+    return out
 
 
 def logme_fit(features: Any, labels: Any, *, regression: bool = False) -> LogMEFit:
@@ -118,8 +136,7 @@ def logme_fit(features: Any, labels: Any, *, regression: bool = False) -> LogMEF
         raise ValueError(
             f"target {exact.argmax()} is exactly linear in the features: L is unbounded"
         )
-    fits = [_fit(s**2, z[:, k], rest[k], n, d) for k in range(targets.shape[1])]
-    alpha, beta, ev = (np.array(col) for col in zip(*fits, strict=True))
+    alpha, beta, ev = _fit(s**2, z, rest, n, d)
     return LogMEFit(alpha=alpha, beta=beta, evidence=ev, targets=targets)
 
 
