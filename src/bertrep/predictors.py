@@ -63,12 +63,17 @@ def logme_table(inputs: Inputs) -> pd.DataFrame:
                     )
                     inputs.missing.append(Missing("LogME", what, sweep_command("aufc")))
                     continue
-                states = activations.read_layers(path, [model.num_layers])[model.num_layers]
-                x, y = _rows(states.astype(np.float64), labels)
+                try:
+                    states = activations.read_layers(path, [model.num_layers])
+                    x, y = _rows(states[model.num_layers].astype(np.float64), labels)
+                    value = logme(x, y, regression=labels.kind == "regression")
+                except ValueError as error:  # a bad table, or features LogME cannot score
+                    what = f"{model.label} on {target}: {error}"
+                    inputs.missing.append(Missing("LogME", what, sweep_command("aufc")))
+                    continue
                 rows.append(
                     {"source": source, "target": target, "run_id": model.run_id,
-                     "seed": model.seed, "rows": len(y),
-                     "value": logme(x, y, regression=labels.kind == "regression")}
+                     "seed": model.seed, "rows": len(y), "value": value}
                 )  # fmt: skip
     return pd.DataFrame(rows, columns=["source", "target", "run_id", "seed", "rows", "value"])
 
