@@ -3,6 +3,7 @@ store read back with MLflow's own client, and `mlflow run` of the MLproject."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from conftest import REPO
 from mlflow.tracking import MlflowClient
 from transformers import AutoModel
 
-from bertrep import tracking
+from bertrep import activations, collect, tracking
 from bertrep.config import Runtime, TrainConfig
 from bertrep.train import run
 
@@ -153,6 +154,42 @@ def test_run_starts_from_another_run_and_probes_other_tasks(tiny_model, data_dir
         filter_string=f"datasets.digest = '{sst2.dataset.digest}'", output_format="list"
     )
     assert sorted(r.info.run_id for r in found) == sorted([source, target])
+
+
+def test_all_frozen_run_references_the_tables_it_would_extract(
+    tiny_model, data_dir, mlflow_store, tmp_path
+):
+    source = run(small(tiny_model, data_dir, task="sst2", probe_tasks="sst2,rte"), QUIET)
+    uri = MlflowClient().get_run(source).data.tags[tracking.REGISTERED_AS]
+    cfg = small(tiny_model, data_dir, task="rte", base_model=uri, source_task="sst2",
+                frozen_layers=2, probe_tasks="rte,sst2,stsb")  # fmt: skip
+    reused = run(cfg, QUIET)
+    extracted = run(cfg, Runtime(progress=False, reuse_tables=False))
+    tags = MlflowClient().get_run(reused).data.tags
+    # the source logged rte and sst2 on the same probe sets: referenced; stsb it never read
+    assert (
+        tags[tracking.activations_from_tag("rte")]
+        == f"runs:/{source}/activations/rte/step_4.parquet"
+    )
+    assert tracking.activations_from_tag("stsb") not in tags
+    files = artifacts(reused)
+    assert "activations/stsb/step_4.parquet" in files
+    assert not any(f.startswith(("activations/rte", "activations/sst2")) for f in files)
+    assert tracking.activations_from_tag("rte") not in MlflowClient().get_run(extracted).data.tags
+    store = collect.Store(cache_dir=tmp_path / "cache")
+    referencing = store.train_run(store.client.get_run(reused))
+    for task in ("rte", "sst2"):
+        # what the reference points at is what the run writes when it extracts
+        own = mlflow.artifacts.download_artifacts(
+            run_id=extracted,
+            artifact_path=f"activations/{task}/step_4.parquet",
+            dst_path=str(tmp_path / task),
+        )
+        referenced = activations.read_states(store.activations(referencing, task))
+        np.testing.assert_array_equal(referenced, activations.read_states(own))
+    # a run that trains any layer extracts its own tables
+    partly = run(dataclasses.replace(cfg, frozen_layers=1), QUIET)
+    assert "activations/rte/step_4.parquet" in artifacts(partly)
 
 
 def test_other_tokenizer_gets_other_probe_digest(

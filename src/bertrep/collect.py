@@ -54,6 +54,8 @@ class TrainRun:
     probe_digests: dict[str, str] = field(default_factory=dict)  # probe task -> digest
     params: dict[str, str] = field(default_factory=dict)
     registered_as: str = ""
+    # probe task -> (run id, artifact path) of a table referenced instead of extracted
+    tables_from: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -190,6 +192,7 @@ class Store:
             probe_digests=tracking.probe_digests(tags),
             params=dict(run.data.params),
             registered_as=tags.get(tracking.REGISTERED_AS, ""),
+            tables_from=tracking.activations_from(tags),
         )
 
     # --- the registry ---
@@ -237,8 +240,12 @@ class Store:
 
     def activations(self, run: TrainRun, probe_task: str, step: int | None = None) -> Path:
         """A local copy of the run's activation table on `probe_task` at `step` (default:
-        its last); a MissingInput when the run has none."""
+        its last); a MissingInput when the run has none. A run that referenced its start
+        model's table (every layer frozen) gets that table."""
         steps = self.activation_steps(run.run_id, probe_task)
+        if not steps and step is None and probe_task in run.tables_from:
+            source_id, artifact = run.tables_from[probe_task]
+            return self.cache.get(source_id, artifact, run.probe_digests.get(probe_task, ""))
         if not steps or (step is not None and step not in steps):
             at = "" if step is None else f" at step {step}"
             raise MissingInput(f"run {run.run_id} ({run.label}) has no {probe_task} table{at}")

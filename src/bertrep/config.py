@@ -196,6 +196,9 @@ class Runtime:
     experiment_name: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME or the active run's
     progress: bool = True
     prefix_cache_gb: float = 4.0  # frozen-prefix outputs kept in memory (0: recompute)
+    # all layers frozen from a registered model: reference its run's activation tables
+    # (equal to what this run would extract) instead of extracting them again
+    reuse_tables: bool = True
 
 
 def parse_bool(value: Any) -> bool:

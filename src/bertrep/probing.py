@@ -104,14 +104,24 @@ def log_probe_tables(probes: Probes, folder: Path) -> None:
 
 
 def log_activations(
-    model, probes: Probes, folder: Path, run_id: str, step: int, *, pad_id: int
+    model,
+    probes: Probes,
+    folder: Path,
+    run_id: str,
+    step: int,
+    *,
+    pad_id: int,
+    known: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Extract, write and log every hidden state on each probe set at `step`.
-    Returns {probe task: (L + 1, N, width) float32 states}."""
+    """Extract, write and log every hidden state on each probe set at `step` (`known`:
+    states of this model already extracted, by probe task). Returns {probe task:
+    (L + 1, N, width) float32 states}."""
     out = {}
     for probe, data in probes:
         task = probe.meta["task"]
-        states = extract(model, data, probe, pad_id=pad_id)
+        states = (known or {}).get(task)
+        if states is None:
+            states = extract(model, data, probe, pad_id=pad_id)
         path = folder / tracking.activations_dir(task) / tracking.activations_file(step)
         activations.write_table(path, states, probe, {"run_id": run_id, "step": step})
         tracking.log_artifact(path, tracking.activations_dir(task))

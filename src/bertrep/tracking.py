@@ -135,6 +135,50 @@ def activations_step(path: str) -> int:
     return int(Path(path).stem.removeprefix("step_"))
 
 
+# activations_from.<task>: on a run whose every hidden state equals its start model's
+# (all layers frozen), the runs:/ URI of the table the start model's run logged instead
+ACTIVATIONS_FROM = "activations_from."
+
+
+def activations_from_tag(task: str) -> str:
+    return f"{ACTIVATIONS_FROM}{task}"
+
+
+def activations_from(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{probe task: (run id, artifact path)} of the tables a run references (its
+    activations_from.<task> tags)."""
+    out = {}
+    for key, uri in tags.items():
+        if key.startswith(ACTIVATIONS_FROM) and uri.startswith(RUNS_URI):
+            run_id, _, path = uri.removeprefix(RUNS_URI).partition("/")
+            out[key.removeprefix(ACTIVATIONS_FROM)] = (run_id, path)
+    return out
+
+
+def source_tables(model_uri: str, digests: dict[str, str]) -> dict[str, str]:
+    """The activation tables the run behind a registered model logged on its probe sets,
+    at its last step, where that run's probe set has the digest in `digests`:
+    {probe task: runs:/<id>/activations/<task>/step_<s>.parquet}. Empty for a model that
+    is not a registered version (a folder, a hub id, runs:/)."""
+    try:
+        name, version = parse_model_uri(model_uri)
+    except ValueError:
+        return {}
+    run_id = _client().get_model_version(name, version).run_id
+    if not run_id:
+        return {}
+    tags = _client().get_run(run_id).data.tags
+    out = {}
+    for task, digest in digests.items():
+        if probe_digests(tags).get(task) != digest:
+            continue
+        files = [f.path for f in _client().list_artifacts(run_id, activations_dir(task))]
+        if files:
+            last = max(files, key=activations_step)
+            out[task] = f"{RUNS_URI}{run_id}/{last}"
+    return out
+
+
 PROBE_CONTEXT = "probe"  # the context of a run's probe sets among its MLflow dataset inputs
 PROBE_TAG = "probe."  # probe.<task>: the digest of the run's probe set of that task
 EXTRACT_MODE = "extract"  # the mode of a run that only reads a model out on probe sets

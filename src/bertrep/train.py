@@ -107,6 +107,7 @@ class CheckpointSeries:
     probes: Probes
     reference: dict[str, np.ndarray]
     due: set[int]
+    reference_is_start: bool = False  # the reference is this model before the B phase
     scores: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def __call__(self, step: int) -> None:
@@ -117,8 +118,9 @@ class CheckpointSeries:
         ctx = self.ctx
         log_eval(ctx, self.model, self.source, step)
         self.scores[step] = log_eval(ctx, self.model, self.target, step)
+        known = self.reference if step == 0 and self.reference_is_start else None
         states = log_activations(
-            self.model, self.probes, ctx.folder, ctx.run_id, step, pad_id=ctx.pad_id
+            self.model, self.probes, ctx.folder, ctx.run_id, step, pad_id=ctx.pad_id, known=known
         )
         logged = {}
         for task, current in states.items():
@@ -141,8 +143,9 @@ def train_two_tasks(ctx: Context, model, source: TaskData, target: TaskData, pro
         reference = reference_states(cfg, probes, ctx.pad_id)
         tasks = [source, target]
     series = CheckpointSeries(
-        ctx, model, source, target, probes, reference, set(checkpoint_steps(cfg))
-    )
+        ctx, model, source, target, probes, reference, set(checkpoint_steps(cfg)),
+        reference_is_start=cfg.mode == "sequential",
+    )  # fmt: skip
     steps, why = optimise(ctx, model, tasks, cfg.max_steps, phase="train", on_step=series)
     if steps not in series.scores:  # stopped early: close the series where training stopped
         series.record(steps)
@@ -158,8 +161,21 @@ def train_one_task(ctx: Context, model, target: TaskData, probes):
 
     steps, diverged = optimise(ctx, model, [target], cfg.max_steps, "train", periodic_eval)
     scores = log_eval(ctx, model, target, steps)
-    log_activations(model, probes, ctx.folder, ctx.run_id, steps, pad_id=ctx.pad_id)
+    reused = reusable_tables(ctx, model, probes)
+    tracking.set_tags({tracking.activations_from_tag(t): uri for t, uri in reused.items()})
+    rest = [(p, data) for p, data in probes if p.meta["task"] not in reused]
+    log_activations(model, rest, ctx.folder, ctx.run_id, steps, pad_id=ctx.pad_id)
     return scores, steps, diverged
+
+
+def reusable_tables(ctx: Context, model: TaskModel, probes: Probes) -> dict[str, str]:
+    """{probe task: runs:/ URI} of the tables this run can reference instead of
+    extracting: with every layer frozen its hidden states are the start model's, which
+    the registered source's run logged on the same probe sets (same digest)."""
+    model = ctx.accelerator.unwrap_model(model)
+    if not ctx.runtime.reuse_tables or model.frozen_layers < model.num_layers:
+        return {}
+    return tracking.source_tables(ctx.cfg.base_model, {p.meta["task"]: p.digest for p, _ in probes})
 
 
 # --- one run ---
