@@ -20,7 +20,8 @@ from conftest import REPO
 from mlflow.tracking import MlflowClient
 from transformers import AutoModel
 
-from bertrep import activations, collect, tracking
+from bertrep import activations, collect, probing, tracking
+from bertrep import model as model_module
 from bertrep.config import Runtime, TrainConfig
 from bertrep.train import run
 
@@ -109,14 +110,28 @@ def test_one_run_per_task(tiny_model, data_dir, mlflow_store, task, metric):
     assert meta["run_id"] == run_id and meta["step"] == 4
 
 
-def test_frozen_run_keeps_the_prefix_and_loads_back(tiny_model, data_dir, mlflow_store):
+def test_frozen_run_stores_what_it_trained_and_loads_back_whole(tiny_model, data_dir, mlflow_store):
     cfg = small(tiny_model, data_dir, task="sst2", frozen_layers=1)
     run_id = run(cfg, QUIET)
-    ckpt = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/checkpoint")
-    tuned, base = AutoModel.from_pretrained(ckpt), AutoModel.from_pretrained(tiny_model)
-    assert same_weights(tuned.embeddings, base.embeddings)
-    assert same_weights(tuned.encoder.layer[0], base.encoder.layer[0])
-    assert not same_weights(tuned.encoder.layer[1], base.encoder.layer[1])
+    ckpt = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/checkpoint"))
+    # the embeddings and block 1 are the start model's: only block 2 and the pooler stored
+    assert not (ckpt / "model.safetensors").exists()
+    stored = (ckpt / model_module.TRAINED_FILE).stat().st_size
+    assert stored < 0.1 * (Path(tiny_model) / "model.safetensors").stat().st_size
+    loaded, tokenizer, meta = model_module.load_model(f"runs:/{run_id}/checkpoint", ["sst2"])
+    assert meta["base_model"] == str(tiny_model) and list(loaded.heads) == ["sst2"]
+    base = AutoModel.from_pretrained(tiny_model)
+    assert same_weights(loaded.encoder.embeddings, base.embeddings)
+    assert same_weights(loaded.encoder.encoder.layer[0], base.encoder.layer[0])
+    assert not same_weights(loaded.encoder.encoder.layer[1], base.encoder.layer[1])
+    # the loaded model computes what the trained one did: its logged read-out
+    ((probe, data),) = probing.probe_sets(cfg, tokenizer)
+    states = probing.extract(loaded, data, probe, pad_id=tokenizer.pad_token_id)
+    table = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="activations/sst2/step_4.parquet"
+    )
+    logged = activations.read_states(table)
+    np.testing.assert_allclose(states.astype(np.float16), logged, rtol=0, atol=0)
     # the bytes it reports are those of what it stored (beside the config, written by MLflow)
     sizes = {a.path: a.file_size for a in list_all(run_id)}
     stored = sum(v for k, v in sizes.items() if k != tracking.CONFIG_FILE)

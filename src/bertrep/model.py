@@ -36,6 +36,9 @@ from bertrep.tasks import TaskSpec, get_task
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "bertrep.json"
+# A run with frozen layers stores only the encoder weights it trained; the rest are those
+# of the model it started from (its metadata's base_model), loaded first.
+TRAINED_FILE = "trained.safetensors"
 MLMODEL_FILE = "MLmodel"  # an MLflow Model's description
 
 
@@ -191,7 +194,10 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
                 meta = json.load(f)
             heads = load_file(os.path.join(path, HEADS_FILE))
     try:
-        encoder, tokenizer = _load_pretrained(weights, tokenizer_path)
+        if os.path.isfile(os.path.join(path, TRAINED_FILE)):
+            encoder, tokenizer = _load_trained_part(path, meta)
+        else:
+            encoder, tokenizer = _load_pretrained(weights, tokenizer_path)
     except OSError as error:
         if os.path.isdir(weights):
             raise
@@ -206,6 +212,23 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
         if task not in model.heads:
             model.add_head(task)
     return model, tokenizer, meta
+
+
+def _load_trained_part(path: str, meta: dict):
+    """A frozen run's checkpoint, whole: the encoder it started from with the weights it
+    trained on top (every one of them, nothing else), and its tokenizer."""
+    start, _, _ = load_model(meta["base_model"], [])
+    trained = load_file(os.path.join(path, TRAINED_FILE))
+    missing, unexpected = start.encoder.load_state_dict(trained, strict=False)
+    k = int(meta.get("frozen_layers", 0))
+    frozen = ("embeddings.", *(f"encoder.layer.{i}." for i in range(k)))
+    untrained = [name for name in missing if not name.startswith(frozen)]
+    if unexpected or untrained:
+        raise ValueError(
+            f"{path}: its trained weights do not fit its start model {meta['base_model']} "
+            f"with k = {k} frozen (not in it: {unexpected[:3]}; missing: {untrained[:3]})"
+        )
+    return start.encoder, AutoTokenizer.from_pretrained(path)
 
 
 def mlflow_parts(path: str) -> tuple[str, str, dict]:
@@ -256,10 +279,22 @@ def _load_pretrained(path: str, tokenizer_path: str):
 
 
 def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict) -> Path:
-    """Write the encoder (HF format), tokenizer, heads and their description."""
+    """Write the encoder (HF format), tokenizer, heads and their description. With frozen
+    layers and the start model named (meta's base_model), only the encoder weights that
+    trained are written (TRAINED_FILE, beside the encoder's config); `load_model` puts
+    them on the start model."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(folder)
+    if model.frozen_layers and meta.get("base_model"):
+        model.encoder.config.save_pretrained(folder)
+        trained = {
+            name: p.detach().contiguous().cpu()
+            for name, p in model.encoder.named_parameters()
+            if p.requires_grad
+        }
+        save_file(trained, folder / TRAINED_FILE)
+    else:
+        model.encoder.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     heads = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
     save_file(heads, folder / HEADS_FILE)
