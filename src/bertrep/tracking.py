@@ -319,8 +319,8 @@ def log_probe_input(rows, meta: dict) -> None:
         dataset = mlflow.data.from_pandas(
             rows, source=source, name=probe_dataset_name(meta["task"]), digest=meta["digest"]
         )
-    tags = {k: str(meta[k]) for k in ("task", "split", "rows", "max_length", "seed")}
-    mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)
+        tags = {k: str(meta[k]) for k in ("task", "split", "rows", "max_length", "seed")}
+        mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)  # infers the schema
 
 
 def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:
