@@ -32,7 +32,7 @@ train-one: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q --durations=25
 
 test-quick: install
 	$(BIN)/pytest -q -m "not slow"
