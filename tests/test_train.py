@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from transformers import AutoModel
 from bertrep import activations, collect, probing, tracking
 from bertrep import model as model_module
 from bertrep.config import Runtime, TrainConfig
+from bertrep.errors import InputError
 from bertrep.train import run
 
 pytestmark = pytest.mark.slow
@@ -110,8 +112,12 @@ def test_one_run_per_task(tiny_model, data_dir, mlflow_store, task, metric):
     assert meta["run_id"] == run_id and meta["step"] == 4
 
 
-def test_frozen_run_stores_what_it_trained_and_loads_back_whole(tiny_model, data_dir, mlflow_store):
-    cfg = small(tiny_model, data_dir, task="sst2", frozen_layers=1)
+def test_frozen_run_stores_what_it_trained_and_loads_back_whole(
+    tiny_model, data_dir, mlflow_store, tmp_path
+):
+    start = tmp_path / "start"
+    shutil.copytree(tiny_model, start)
+    cfg = small(start, data_dir, task="sst2", frozen_layers=1)
     run_id = run(cfg, QUIET)
     ckpt = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/checkpoint"))
     # the embeddings and block 1 are the start model's: only block 2 and the pooler stored
@@ -119,8 +125,8 @@ def test_frozen_run_stores_what_it_trained_and_loads_back_whole(tiny_model, data
     stored = (ckpt / model_module.TRAINED_FILE).stat().st_size
     assert stored < 0.1 * (Path(tiny_model) / "model.safetensors").stat().st_size
     loaded, tokenizer, meta = model_module.load_model(f"runs:/{run_id}/checkpoint", ["sst2"])
-    assert meta["base_model"] == str(tiny_model) and list(loaded.heads) == ["sst2"]
-    base = AutoModel.from_pretrained(tiny_model)
+    assert meta["base_model"] == str(start) and list(loaded.heads) == ["sst2"]
+    base = AutoModel.from_pretrained(start)
     assert same_weights(loaded.encoder.embeddings, base.embeddings)
     assert same_weights(loaded.encoder.encoder.layer[0], base.encoder.layer[0])
     assert not same_weights(loaded.encoder.encoder.layer[1], base.encoder.layer[1])
@@ -132,6 +138,14 @@ def test_frozen_run_stores_what_it_trained_and_loads_back_whole(tiny_model, data
     )
     logged = activations.read_states(table)
     np.testing.assert_allclose(states.astype(np.float16), logged, rtol=0, atol=0)
+    # a start model whose frozen weights changed since is refused, not silently used
+    changed = AutoModel.from_pretrained(start)
+    with torch.no_grad():
+        changed.embeddings.word_embeddings.weight[5] += 1.0
+    changed.save_pretrained(start)
+    model_module._load_pretrained.cache_clear()  # a process reads a folder once
+    with pytest.raises(InputError, match="no longer holds the frozen weights"):
+        model_module.load_model(f"runs:/{run_id}/checkpoint", ["sst2"])
     # the bytes it reports are those of what it stored (beside the config, written by MLflow)
     sizes = {a.path: a.file_size for a in list_all(run_id)}
     stored = sum(v for k, v in sizes.items() if k != tracking.CONFIG_FILE)

@@ -14,6 +14,7 @@ MLflow Model that `mlmodel.log_model` wrote (a registered source model).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import warnings
@@ -39,6 +40,7 @@ META_FILE = "bertrep.json"
 # A run with frozen layers stores only the encoder weights it trained; the rest are those
 # of the model it started from (its metadata's base_model), loaded first.
 TRAINED_FILE = "trained.safetensors"
+FROZEN_DIGEST = "frozen_digest"  # bertrep.json: sha256 of those start-model weights
 MLMODEL_FILE = "MLmodel"  # an MLflow Model's description
 
 
@@ -218,17 +220,36 @@ def _load_trained_part(path: str, meta: dict):
     """A frozen run's checkpoint, whole: the encoder it started from with the weights it
     trained on top (every one of them, nothing else), and its tokenizer."""
     start, _, _ = load_model(meta["base_model"], [])
+    k = int(meta.get("frozen_layers", 0))
+    if frozen_digest(start.encoder, k) != meta.get(FROZEN_DIGEST):
+        raise InputError(
+            f"{path}: its start model {meta['base_model']} no longer holds the frozen "
+            f"weights it trained on (embeddings and blocks 1..{k} differ)"
+        )
     trained = load_file(os.path.join(path, TRAINED_FILE))
     missing, unexpected = start.encoder.load_state_dict(trained, strict=False)
-    k = int(meta.get("frozen_layers", 0))
-    frozen = ("embeddings.", *(f"encoder.layer.{i}." for i in range(k)))
-    untrained = [name for name in missing if not name.startswith(frozen)]
+    untrained = [name for name in missing if not name.startswith(_frozen_prefixes(k))]
     if unexpected or untrained:
         raise ValueError(
             f"{path}: its trained weights do not fit its start model {meta['base_model']} "
             f"with k = {k} frozen (not in it: {unexpected[:3]}; missing: {untrained[:3]})"
         )
     return start.encoder, AutoTokenizer.from_pretrained(path)
+
+
+def _frozen_prefixes(k: int) -> tuple[str, ...]:
+    return ("embeddings.", *(f"encoder.layer.{i}." for i in range(k)))
+
+
+def frozen_digest(encoder: PreTrainedModel, k: int) -> str:
+    """sha256 of the encoder's frozen part (embeddings and blocks 1..k) tensor by tensor:
+    what a trained-part checkpoint must find again in its start model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        if name.startswith(_frozen_prefixes(k)):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def mlflow_parts(path: str) -> tuple[str, str, dict]:
@@ -286,6 +307,7 @@ def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if model.frozen_layers and meta.get("base_model"):
+        # what requires no gradient now is what never changed from the start model
         model.encoder.config.save_pretrained(folder)
         trained = {
             name: p.detach().contiguous().cpu()
@@ -293,6 +315,10 @@ def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict)
             if p.requires_grad
         }
         save_file(trained, folder / TRAINED_FILE)
+        start = meta["base_model"]
+        meta = {**meta, FROZEN_DIGEST: frozen_digest(model.encoder, model.frozen_layers)}
+        if os.path.isdir(start):  # a relative folder would not be found from elsewhere
+            meta["base_model"] = os.path.abspath(start)
     else:
         model.encoder.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
