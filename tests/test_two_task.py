@@ -3,11 +3,13 @@ checkpoint series, both scores and per-layer CKA on both probe sets at every che
 
 from __future__ import annotations
 
+import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from bertrep import tracking
+from bertrep import activations, tracking
 from bertrep.config import Runtime, TrainConfig
 from bertrep.model import load_model
 from bertrep.train import alone_on_a, checkpoint_steps, run
@@ -83,8 +85,8 @@ def test_sequential_run_trains_a_then_b(tiny_model, data_dir, mlflow_store):
 def test_sequential_from_a_registered_model_keeps_its_head(tiny_model, data_dir, mlflow_store):
     single = TrainConfig(base_model=str(tiny_model), data_dir=str(data_dir), task="sst2",
                          max_steps=3, batch_size=8, max_train_examples=32, max_eval_examples=32,
-                         probe_tokens=100)  # fmt: skip
-    run(single, QUIET)
+                         probe_tokens=120)  # fmt: skip
+    source_run = run(single, QUIET)
     uri = tracking.find_registered("sst2", {tracking.SEED: "0"})
     cfg = two_task(tiny_model, data_dir, base_model=uri, frozen_layers=1, save_checkpoint=True)
     run_id = run(cfg, QUIET)
@@ -100,6 +102,14 @@ def test_sequential_from_a_registered_model_keeps_its_head(tiny_model, data_dir,
         [MlflowClient().get_run(run_id).info.experiment_id], "tags.mode = 'single'"
     )[0]
     assert start == pytest.approx(registered.data.metrics[tracking.eval_metric("accuracy")])
+    # the B phase's first tables are the registered model's read-out (same probe set)
+    step0 = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="activations/sst2/step_0.parquet"
+    )
+    own = mlflow.artifacts.download_artifacts(
+        run_id=source_run, artifact_path="activations/sst2/step_3.parquet"
+    )
+    np.testing.assert_array_equal(activations.read_states(step0), activations.read_states(own))
     # frozen embeddings and block 1 do not move: CKA 1 there at every checkpoint
     for probe in ("sst2", "pos"):
         for layer in (0, 1):

@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,7 +163,8 @@ def train_one_task(ctx: Context, model, target: TaskData, probes):
     steps, diverged = optimise(ctx, model, [target], cfg.max_steps, "train", periodic_eval)
     scores = log_eval(ctx, model, target, steps)
     reused = reusable_tables(ctx, model, probes)
-    tracking.set_tags({tracking.activations_from_tag(t): uri for t, uri in reused.items()})
+    if reused:
+        tracking.set_tags({tracking.activations_from_tag(t): uri for t, uri in reused.items()})
     rest = [(p, data) for p, data in probes if p.meta["task"] not in reused]
     log_activations(model, rest, ctx.folder, ctx.run_id, steps, pad_id=ctx.pad_id)
     return scores, steps, diverged
@@ -175,7 +177,14 @@ def reusable_tables(ctx: Context, model: TaskModel, probes: Probes) -> dict[str,
     model = ctx.accelerator.unwrap_model(model)
     if not ctx.runtime.reuse_tables or model.frozen_layers < model.num_layers:
         return {}
-    return tracking.source_tables(ctx.cfg.base_model, {p.meta["task"]: p.digest for p, _ in probes})
+    digests = {p.meta["task"]: p.digest for p, _ in probes}
+    try:
+        return tracking.source_tables(ctx.cfg.base_model, digests)
+    except tracking.mlflow.exceptions.MlflowException as error:  # extract them instead
+        warnings.warn(
+            f"the source's tables could not be listed ({error}); extracting", stacklevel=2
+        )
+        return {}
 
 
 # --- one run ---
