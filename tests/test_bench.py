@@ -25,7 +25,6 @@ def test_gpu_training_bench_runs_on_the_cpu_with_a_tiny_setting(tmp_path):
     for name in names:
         rate, ratio = float(rows[name][0]), float(rows[name][1])
         assert rate > 0 and ratio > 0, name
-    assert float(rows["Trainer"][1]) == 1.0
     # a packed run reports each of its processes, and the cache its first update
     assert " ".join(rows["ours, 2 trials packed"]).count(",") == 1
     assert "builds the cache" in " ".join(rows["ours, k = 2, cache"])
