@@ -4,11 +4,13 @@ prints at the end. The smoke study itself is built by it (conftest.smoke_study).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from PIL import Image
 
-from bertrep import study
+from bertrep import env, study, tracking
 
 SUMMARY = """# Analysis smoke
 
@@ -56,16 +58,13 @@ def test_the_analysis_gets_only_the_base_model_of_the_sweep_overrides():
     assert study.analyze_overrides("max_steps=2") == ""
 
 
-def test_stages_are_the_readmes_commands(tmp_path):
-    names = [name for name, _ in study.stages("quick", "", tmp_path)]
-    assert names == ["sweep single", "sweep aufc", "sweep forgetting", "analysis", "figures"]
-    (_, aufc), (_, figures) = (
-        study.stages("quick", "", tmp_path)[1],
-        study.stages("quick", "", tmp_path)[4],
-    )
+def test_stages_are_the_readmes_commands():
+    stages = study.stages("quick", "")
+    assert [name for name, _ in stages] == ["sweep single", "sweep aufc", "sweep forgetting",
+                                            "analysis"]  # fmt: skip
+    aufc = stages[1][1]
     assert aufc[1:3] == ["run", str(study.PROJECT)] and "sweep_aufc" in aufc
     assert f"spec={study.PROJECT / 'sweeps' / 'quick' / 'aufc.yaml'}" in aufc
-    assert figures[1:] == ["-m", "bertrep.figures", "--out", str(tmp_path)]
 
 
 @pytest.mark.slow
@@ -82,5 +81,15 @@ def test_smoke_study_ends_with_headline_figures_and_ui(smoke_study):
     drawn = sorted(p.name for p in figures.glob("*.png"))
     assert "mean_cka_biased.png" in drawn and "aufc.png" in drawn
     assert Image.open(figures / "aufc.png").size[0] > 300
+    # the figures are the analysis run's own files
+    run_id = re.search(r"summary: runs:/(\w+)/", tail).group(1)
+    logged = MlflowClient(smoke_study["env"][env.MLFLOW_TRACKING_URI]).list_artifacts(
+        run_id, tracking.FIGURES_DIR
+    )
+    assert sorted(Path(f.path).name for f in logged) == sorted(p.name for p in figures.iterdir())
+    # one tracking server for every stage: every link the stages printed names its port
+    port = re.search(r"=== smoke study: sqlite:///\S+ served at http://127\.0\.0\.1:(\d+) ", out)
+    links = set(re.findall(r"http://127\.0\.0\.1:(\d+)/#/experiments", out[: out.index(tail)]))
+    assert port and links == {port.group(1)}
     assert re.search(r"runs: mlflow ui --backend-store-uri sqlite:///\S+, then "
                      r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs", tail)  # fmt: skip

@@ -29,6 +29,7 @@ import mlflow
 from bertrep import env, tracking
 
 START_TIMEOUT_S = 120.0
+LOG_DIR = "outputs"  # where a server's log goes, under the working folder
 ARTIFACTS = "mlartifacts"  # beside the store, as `mlflow server` names it
 STOP_TIMEOUT_S = 15.0  # after SIGTERM, before SIGKILL
 MAX_RESTARTS = 5  # a server that keeps dying is left dead: the sweep's trials then fail
@@ -80,12 +81,36 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) 
 @contextmanager
 def serve(store: str, log_dir: Path) -> Iterator[str]:
     """One writer for parallel trials: serve a local store through an `mlflow server` on
-    loopback and yield its URL (an http(s) store is yielded as it is). The server runs in
-    this process group, so killing the sweep's group kills it too. Should it die while
-    in use (killed, out of memory), it is started again on the same port: trials' MLflow
-    requests retry with backoff and carry on against the same store."""
+    loopback and yield its URL once it answers (an http(s) store is yielded as it is).
+    The server runs in this process group, so killing the sweep's group kills it too.
+    Should it die while in use (killed, out of memory), it is started again on the same
+    port: trials' MLflow requests retry with backoff and carry on against the same store."""
+    with starting(store, log_dir) as served:
+        served.wait()
+        yield served.url
+
+
+class Starting:
+    """A server on its way up: its URL is known at once, `wait` returns once it answers
+    (and from then on it is restarted should it die)."""
+
+    def __init__(self, url: str, guard: Supervised | None) -> None:
+        self.url, self._guard, self._ready = url, guard, guard is None
+
+    def wait(self) -> None:
+        if not self._ready:
+            wait_healthy(self.url, self._guard.proc, self._guard.log, START_TIMEOUT_S)
+            self._guard.watch()
+            self._ready = True
+
+
+@contextmanager
+def starting(store: str, log_dir: Path) -> Iterator[Starting]:
+    """`serve`, yielding as soon as the server process is launched: what the caller does
+    next (starting Ray, say) overlaps the server's ~10 s start. Call `wait()` before
+    its first request."""
     if tracking.is_server_uri(store):
-        yield store
+        yield Starting(store, None)
         return
     port = free_port()
     url = f"{tracking.HTTP_URI}127.0.0.1:{port}"
@@ -93,9 +118,7 @@ def serve(store: str, log_dir: Path) -> Iterator[str]:
     guard = Supervised(store, port, log_dir / f"mlflow-server-{port}.log")
     try:
         guard.start()
-        wait_healthy(url, guard.proc, guard.log, START_TIMEOUT_S)
-        guard.watch()
-        yield url
+        yield Starting(url, guard)
     finally:
         guard.stop()
 
@@ -212,7 +235,7 @@ def tracking_at(uri: str) -> Iterator[None]:
 
 
 @contextmanager
-def through_server(log_dir: str | Path = "outputs") -> Iterator[str]:
+def through_server(log_dir: str | Path = LOG_DIR) -> Iterator[str]:
     """Point this process at a tracking server for the current store: the store itself if
     it is one, else a local `mlflow server` for the duration. Artifacts a sweep logged
     through its server (mlflow-artifacts:/ URIs) can only be read back through one."""

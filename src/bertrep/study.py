@@ -1,4 +1,4 @@
-"""The whole study in one command: the three sweeps of a setting, the analysis, the
+"""The whole study in one command: the three sweeps of a setting, the analysis, its
 figures, then the headline numbers and where to look.
 
     python -m bertrep.study                        # the quick study (`make demo`)
@@ -7,15 +7,19 @@ figures, then the headline numbers and where to look.
 Each stage is the `mlflow run` of this project that a user would type (printed before
 it runs), so the runs it makes are those of the README's commands, and a second call
 reuses every finished run (the sweeps skip finished config keys; the analysis reads
-activation tables from its download cache).
+activation tables from its download cache). The stages share one tracking server for
+the store, started here, as they would a shared server; the figures the analysis drew
+are copied out of its run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +32,7 @@ PROJECT = Path(__file__).resolve().parents[2]  # the repository: MLproject, swee
 HEADLINE = ("Mean-CKA", "AuFC\n", "Does representation similarity predict transfer?")
 
 
-def stages(setting: str, overrides: str, figures: Path) -> list[tuple[str, list[str]]]:
+def stages(setting: str, overrides: str) -> list[tuple[str, list[str]]]:
     """(name, command) of every stage, in order."""
     mlflow = str(Path(sys.executable).parent / "mlflow")
     run = [mlflow, "run", str(PROJECT), "--env-manager", "local", "-e"]
@@ -40,9 +44,21 @@ def stages(setting: str, overrides: str, figures: Path) -> list[tuple[str, list[
     spec = PROJECT / "analysis" / f"{setting}.yaml"
     analysis = analyze_overrides(overrides)
     out.append(("analysis", [*run, "analyze", "-P", f"spec={spec}", "-P", f"overrides={analysis}"]))
-    # `make figures`'s command: redrawing needs no run of its own
-    out.append(("figures", [sys.executable, "-m", "bertrep.figures", "--out", str(figures)]))
     return out
+
+
+def fetch_figures(run_id: str, out: Path) -> list[Path]:
+    """The figures the analysis run drew and logged, copied into `out`. (`make figures`
+    would draw them again from its tables: the same files, half a minute more.)"""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracking.mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=tracking.FIGURES_DIR, dst_path=tmp
+        )
+        logged = sorted(p for p in Path(folder).iterdir() if p.is_file())
+        for path in logged:
+            shutil.copy2(path, out / path.name)
+    return [out / p.name for p in logged]
 
 
 def analyze_overrides(overrides: str) -> str:
@@ -79,20 +95,27 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")  # a bar per download
     store = server.store_uri()
-    os.environ[env.MLFLOW_TRACKING_URI] = store  # every stage, and the reads below, on one store
+    tracking.mlflow.MlflowClient(store).search_experiments()  # a new store is made as before
     figures = Path(args.figures)
     took: dict[str, float] = {}
     began = time.monotonic()
-    for name, cmd in stages(args.setting, args.overrides, figures):
-        print(f"\n=== {args.setting} study, {name}: {' '.join(cmd)}", flush=True)
-        started = time.monotonic()
-        done = subprocess.run(cmd)
-        took[name] = time.monotonic() - started
-        if done.returncode != 0:
-            raise SystemExit(f"{args.setting} study: {name} failed (exit {done.returncode}); "
-                             "run it again to continue: finished runs are kept")  # fmt: skip
-    with server.through_server():  # artifacts logged through a server read back through one
+    # One tracking server for every stage (as on a shared server), not one per stage: each
+    # sweep and the analysis would start and stop their own, ~15 s apiece.
+    with server.serve(store, Path(server.LOG_DIR).resolve()) as uri, server.tracking_at(uri):
+        print(f"=== {args.setting} study: {store} served at {uri} for every stage", flush=True)
+        for name, cmd in stages(args.setting, args.overrides):
+            print(f"\n=== {args.setting} study, {name}: {' '.join(cmd)}", flush=True)
+            started = time.monotonic()
+            done = subprocess.run(cmd)
+            took[name] = time.monotonic() - started
+            if done.returncode != 0:
+                raise SystemExit(f"{args.setting} study: {name} failed (exit {done.returncode}); "
+                                 "run it again to continue: finished runs are kept")  # fmt: skip
         run = collect.analysis_run()
+        print(f"\n=== {args.setting} study, figures: the analysis run's, into {figures}")
+        started = time.monotonic()
+        print(f"{len(fetch_figures(run.info.run_id, figures))} files", flush=True)
+        took["figures"] = time.monotonic() - started
         summary_uri = f"{tracking.RUNS_URI}{run.info.run_id}/{tracking.ANALYSIS_SUMMARY}"
         summary = tracking.mlflow.artifacts.load_text(summary_uri)
     print(f"\n=== {args.setting} study done in {duration(time.monotonic() - began)}: "

@@ -36,7 +36,7 @@ from bertrep.errors import InputError
 from bertrep.progress import Progress
 from bertrep.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
 
-OUTPUT_DIR = "outputs"  # Ray Tune's trial folders and the tracking server's log, under cwd
+OUTPUT_DIR = server.LOG_DIR  # also Ray Tune's trial folders
 
 
 class SweepFailed(RuntimeError):
@@ -262,12 +262,15 @@ def sweep(spec: Spec, resume: bool = False) -> str:
     outputs = Path(OUTPUT_DIR).resolve()
     parent, status = None, "FAILED"
     try:
-        with server.serve(store, outputs) as uri, server.tracking_at(uri):
-            exp_id = sweep_runs.sweep_experiment()
+        with server.starting(store, outputs) as served, server.tracking_at(served.url):
+            uri = served.url
             forwarded = {k: os.environ[k] for k in env.FORWARDED if k in os.environ}
             # Trials print no "View run" link: it names the sweep's short-lived server.
             quiet = {env.MLFLOW_SUPPRESS_URL: "true"}
+            # Ray starts while the server does (each takes seconds)
             with ray_session(forwarded | quiet | {env.MLFLOW_TRACKING_URI: uri}):
+                served.wait()
+                exp_id = sweep_runs.sweep_experiment()
                 check_artifacts_reach_driver(exp_id)  # before any run is opened
                 parent = open_parent(spec, exp_id, resume)
                 trial_list = [dataclasses.asdict(c) for c in targets]
