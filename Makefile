@@ -32,7 +32,7 @@ train-one: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --durations=25 -n 2 --dist loadgroup
 
 test-quick: install
 	$(BIN)/pytest -q -m "not slow"

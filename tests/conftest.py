@@ -17,6 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub in tests
 
+# Modules whose tests start Ray (sweeps, the smoke study, a `ray start` cluster whose
+# teardown, `ray stop --force`, stops every Ray process of the machine) or read the
+# session's smoke study. Under `pytest -n 2 --dist loadgroup` (make test) they run one
+# after another in one worker, which builds the smoke study once; the rest share the
+# other worker.
+RAY_MODULES = {"test_analyze", "test_mlmodel", "test_study", "test_sweep", "test_ui"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
