@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bertrep import cka, cka_ops  # noqa: E402
 from bertrep.cka import StreamingCKA, cka_profile, profile_flops  # noqa: E402
 
 FULL = {"n": 5000, "width": 768, "layers": 13, "stream_rows": 1_000_000, "stream_layers": 2}
@@ -280,6 +281,36 @@ def accumulator_gib(layers: int, width: int) -> float:
     return (p * p + 2 * layers * width**2 + 6 * p * layers) * 8 / 2**30
 
 
+def breakdown(xs, ys) -> dict[str, float]:
+    """Seconds of one default (gram-route) profile in each of its parts: centring (and the
+    casts), the Gram tiles' products, the tiles' inner products, everything else."""
+    spent = {"centring": 0.0, "gram tiles": 0.0, "tile inner products": 0.0}
+    parts = [(cka, "_centre", "centring"), (cka_ops._NumpyOps, "matmul", "gram tiles"),
+             (cka_ops._NumpyOps, "tile_products", "tile inner products")]  # fmt: skip
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in parts]
+
+    def timed(fn, part):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[part] += time.perf_counter() - t
+
+        return wrapper
+
+    for (owner, name, fn), (_, _, part) in zip(saved, parts, strict=True):
+        setattr(owner, name, timed(fn, part))
+    try:
+        t = time.perf_counter()
+        cka_profile(xs, ys)
+        total = time.perf_counter() - t
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+    return spent | {"rest": total - sum(spent.values()), "total": total}
+
+
 def main() -> None:
     args = parse_args()
     if args.stream_child:
@@ -353,6 +384,11 @@ def main() -> None:
     print(f"arithmetic lower bound ({route} route, {flops[route] / 1e9:.0f} GFLOP at "
           f"{rate:.1f} GFLOP/s): {lower:.2f} s; ours / bound = {ours_s / lower:.2f} "
           "(target ≤ 1.5)")  # fmt: skip
+    parts = breakdown(xs, ys)
+    gram_flops = args.n**2 * (sum(widths) * 2)  # n²p per layer (symmetric Grams)
+    print("where one default profile's time goes: " + ", ".join(
+        f"{k} {v:.2f} s" for k, v in parts.items()) + f"; the Gram tiles at "
+        f"{gram_flops / parts['gram tiles'] / 1e9:.1f} GFLOP/s of their n²p flops")  # fmt: skip
 
     print()
     for line in stream_lines:
