@@ -227,6 +227,27 @@ def test_single_sweep_keeps_its_deliberately_failed_run(smoke_study):
 
 
 @pytest.mark.slow
+def test_a_trial_of_bad_input_fails_once_saying_why(tiny_model, data_dir, tmp_path):
+    """frozen_layers beyond the model's blocks fails the same way on every attempt: the
+    trial is not retried, the sweep's line says why, the sweep fails."""
+    store = store_env(tmp_path, data_dir)
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["grid"] = {"task": "sst2", "source_task": "base", "frozen_layers": 3, "seed": 0}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run(sweep_cmd(tiny_model, spec=tmp_path / "bad.yaml"), env=store,
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "sweep smoke-aufc failed: 1 of 1 trials failed" in done.stderr
+    name = "sst2 from base, k=3, seed 0"
+    assert re.search(rf"1/1 done \(1 failed\).* \| FAILED {name} after \d+s, not retried: "
+                     r"frozen_layers=3 is outside 0\.\.2 for this model", done.stdout)  # fmt: skip
+    assert "RETRYING" not in done.stdout
+    assert not training_runs(store)  # refused before its run opened
+    (parent,) = parents(store)
+    assert parent.info.status == "FAILED"
+
+
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path):
     """kill -9 of the driver once its source stage is done and the trials are under way,
     then --resume: one FINISHED run per config key, nothing left RUNNING."""

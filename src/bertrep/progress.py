@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from ray import tune
 
+INPUT_ERROR = "input_error"  # the result key of a trial whose config is bad input
+
 
 def duration(seconds: float) -> str:
     """`45s`, `8m31s`, `1h02m`."""
@@ -68,8 +70,13 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         took = self._took(trial)
-        self.done += 1
         result = trial.last_result or {}
+        if result.get(INPUT_ERROR):  # bad input: the same on any retry, so none
+            self.failed += 1
+            why = result[INPUT_ERROR]
+            self._line(f"FAILED {self.name(trial)} after {took}, not retried: {why}")
+            return
+        self.done += 1
         score = result.get("score", math.nan)
         outcome = f"final/score {score:.4f}" if math.isfinite(score) else "no score"
         if result.get("diverged"):

@@ -33,7 +33,7 @@ from ray import tune
 from bertrep import env, server, sweep_runs, tracking
 from bertrep.config import Runtime, TrainConfig, parse_bool
 from bertrep.errors import InputError
-from bertrep.progress import Progress
+from bertrep.progress import INPUT_ERROR, Progress
 from bertrep.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
 
 OUTPUT_DIR = server.LOG_DIR  # also Ray Tune's trial folders
@@ -103,7 +103,11 @@ class SweepTrial(tune.Trainable):
         cfg = TrainConfig.from_dict(trial["train"])
         sweep_runs.fail_dead_attempts(context["parent"], cfg.key())  # this is a retry
         tags[tracking.RUN_NAME] = trial["name"]
-        run_id = train.run(cfg, runtime, tags)
+        try:
+            run_id = train.run(cfg, runtime, tags)
+        except InputError as error:
+            # Bad input fails the same way every time: reported, not raised for Tune to retry.
+            return {"done": True, "run_id": "", INPUT_ERROR: str(error)}
         startup = sweep_runs.first_step_time(run_id) - self.started
         sweep_runs.log_trial_stats(run_id, startup, self.index)
         score, diverged = sweep_runs.outcome(run_id)
@@ -194,7 +198,7 @@ def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict)
         # Tune caught the Ctrl-C and stopped its workers: their runs end KILLED (end_sweep)
         raise SweepInterrupted(f"sweep {spec.name} interrupted")
     sweep_runs.fail_dead_attempts(context["parent"])  # a last attempt's worker died
-    counts["failed"] = sum(r.error is not None for r in results)
+    counts["failed"] = sum(r.error is not None or INPUT_ERROR in r.metrics for r in results)
     return counts
 
 
