@@ -17,16 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub in tests
 
-# Modules whose tests start Ray (sweeps, the smoke study, a `ray start` cluster whose
-# teardown, `ray stop --force`, stops every Ray process of the machine) or read the
-# session's smoke study. Under `pytest -n 2 --dist loadgroup` (make test) they run one
-# after another in one worker, which builds the smoke study once; the rest share the
-# other worker.
-RAY_MODULES = {"test_analyze", "test_mlmodel", "test_study", "test_sweep", "test_ui"}
+# Tests that start Ray (test_sweep's: sweeps, and a `ray start` cluster whose teardown,
+# `ray stop --force`, stops every Ray process of the machine) or read the session's
+# smoke study (built by three sweeps). Under `pytest -n 2 --dist loadgroup` (make test)
+# they run one after another in one worker, which builds the smoke study once; the rest
+# share the other worker.
+RAY_MODULE = "test_sweep"
 
 
 def _in_ray_group(item) -> bool:
-    return item.module.__name__.rpartition(".")[2] in RAY_MODULES
+    module = item.module.__name__.rpartition(".")[2]
+    return module == RAY_MODULE or "smoke_study" in item.fixturenames
 
 
 def pytest_itemcollected(item):
@@ -41,8 +42,7 @@ def pytest_xdist_node_collection_finished(node, ids):
     not with pytest 9.2 and pytest-xdist 3.8: the smoke study would be built twice)."""
     if node.config.getvalue("dist") != "loadgroup":
         return
-    modules = {f"tests/{m}.py" for m in RAY_MODULES}
-    lost = [i for i in ids if i.partition("::")[0] in modules and "@" not in i]
+    lost = [i for i in ids if i.startswith(f"tests/{RAY_MODULE}.py::") and "@" not in i]
     if lost:
         raise pytest.UsageError(
             f"pytest-xdist ignored the 'ray' group of {lost[0]} and {len(lost) - 1} more: "
