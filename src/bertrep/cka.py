@@ -77,9 +77,13 @@ __all__ = [
 ]
 
 Route = Literal["auto", "gram", "feature"]
-# Gram tiles of all layers held at once: 3 tiles per side at n = 5,000 with 26 layers.
-# Smaller tiles waste less on GPUs, which compute full (not symmetric) diagonal tiles.
+# Gram tiles of all layers held at once, at most _TILE_BYTES and _TILE_ROWS rows a side.
+# Small tiles put less of the work on the diagonal, where a CPU's symmetric product
+# (OpenBLAS ssyrk: half the flops of a general one in ~90% of its time) gains little and
+# a GPU computes the full tile: at n = 5,000 with 26 layers, 5 × 5 tiles of 1,000 rows
+# took ~25% less time than 2 × 2 of 2,500 on this project's CPU (bench/RESULTS.md).
 _TILE_BYTES = 1 << 30
+_TILE_ROWS = 1024
 # Rows per chunk when cka_profile takes the feature route: bounds the stacked float copy.
 _FEATURE_CHUNK_BYTES = 1 << 30
 RBF_MAX_N = 10_000
@@ -195,7 +199,7 @@ def _gram_inner(ops: Any, xcs: list[Any], ycs: list[Any]) -> tuple[np.ndarray, n
     """
     zs, lx = xcs + ycs, len(xcs)
     nz, n = len(zs), zs[0].shape[0]
-    max_rows = max(1, math.isqrt(_TILE_BYTES // (ops.itemsize * nz)))
+    max_rows = max(1, min(_TILE_ROWS, math.isqrt(_TILE_BYTES // (ops.itemsize * nz))))
     b = -(-n // -(-n // max_rows))  # equal tiles: ceil(n / number of tiles)
     buf = ops.empty_work(nz * b * b)
     inner = ops.zeros(nz, nz)  # <Kc_a, Kc_b> of all layers, both models
