@@ -20,8 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from the hub in
 # Tests that start Ray (test_sweep's: sweeps, and a `ray start` cluster whose teardown,
 # `ray stop --force`, stops every Ray process of the machine) or read the session's
 # smoke study (built by three sweeps). Under `pytest -n 2 --dist loadgroup` (make test)
-# they run one after another in one worker, which builds the smoke study once; the rest
-# share the other worker.
+# they run one after another in one worker, which builds the smoke study once; the
+# others are shared out between both workers.
 RAY_MODULE = "test_sweep"
 
 
@@ -38,10 +38,11 @@ def pytest_itemcollected(item):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node, ids):
-    """Under --dist loadgroup the group must reach the ids the scheduler reads (it does
-    not with pytest 9.2 and pytest-xdist 3.8: the smoke study would be built twice)."""
+    """Several workers only with --dist loadgroup, and its group must reach the ids the
+    scheduler reads (it does not with pytest 9.2 and pytest-xdist 3.8): otherwise the
+    smoke study is built twice and one worker's `ray stop --force` hits the other's Ray."""
     if node.config.getvalue("dist") != "loadgroup":
-        return
+        raise pytest.UsageError("run the tests in several workers with --dist loadgroup")
     lost = [i for i in ids if i.startswith(f"tests/{RAY_MODULE}.py::") and "@" not in i]
     if lost:
         raise pytest.UsageError(
@@ -153,10 +154,11 @@ def run_ok(cmd: list[str], store: dict, cwd: Path) -> str:
 def smoke_study(tiny_model, data_dir, tmp_path_factory):
     """The smoke study in one SQLite store, built once per test session by the command
     users run (`python -m bertrep.study --setting smoke`, `make demo`'s for the quick
-    one): the three smoke sweeps from the tiny BERT through `mlflow run` (each serving the
-    store through its own MLflow server), one analysis, the figures. env: the environment
-    its commands ran in; stdout: everything it printed; figures: where it drew them;
-    seconds: its wall time. Tests that change the store work on a copy (`copy_study`)."""
+    one): the three smoke sweeps from the tiny BERT through `mlflow run`, one analysis,
+    its figures, all through the one MLflow server the study serves the store by.
+    env: the environment its commands ran in; stdout: everything it printed; figures:
+    where it copied them; seconds: its wall time. Tests that change the store work on a
+    copy (`copy_study`)."""
     tmp = tmp_path_factory.mktemp("study")
     store = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
     store[env.MLFLOW_TRACKING_URI] = f"sqlite:///{tmp / 'mlflow.db'}"

@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     except (InputError, FileNotFoundError) as error:
         raise SystemExit(f"bertrep.analyze: {error}") from None
     os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")
-    store = server.store_uri()
+    store = server.lasting_store()
     try:
         with server.through_server():
             run = analyze(spec, Path(args.spec).read_text())

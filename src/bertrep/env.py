@@ -12,6 +12,7 @@ from pathlib import Path
 
 # bertrep's own
 DATA_DIR = "BERTREP_DATA_DIR"  # the local data folder when a config names none
+STORE = "BERTREP_STORE"  # the store behind the server bertrep.study shares with its stages
 CACHE_DIR = "BERTREP_CACHE_DIR"  # tokenized splits, downloaded models (~/.cache/bertrep)
 
 # Hugging Face: where the hub cache lies, and whether to stay offline

@@ -7,3 +7,8 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad input; the message says which and why."""
+
+
+class UnavailableError(InputError):
+    """Input that could not be fetched (a hub model): another attempt may succeed, so a
+    sweep retries it, where it does not retry other bad input."""

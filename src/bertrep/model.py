@@ -32,7 +32,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from bertrep import tracking
 from bertrep.config import MINILM
-from bertrep.errors import InputError
+from bertrep.errors import InputError, UnavailableError
 from bertrep.tasks import TaskSpec, get_task
 
 HEADS_FILE = "heads.safetensors"
@@ -205,7 +205,7 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
             raise
         why = str(error).strip().splitlines()[0]
         what = "is not a local folder, an MLflow model URI or a model the Hugging Face hub"
-        raise InputError(f"base_model {base_model!r} {what} serves here: {why}") from None
+        raise UnavailableError(f"base_model {base_model!r} {what} serves here: {why}") from None
     model = TaskModel(copy.deepcopy(encoder), [])
     for task in meta.get("heads", []):
         model.add_head(task)

@@ -71,7 +71,7 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         took = self._took(trial)
         result = trial.last_result or {}
-        if result.get(INPUT_ERROR):  # bad input: the same on any retry, so none
+        if INPUT_ERROR in result:  # bad input: the same on any retry, so none
             self.failed += 1
             why = result[INPUT_ERROR]
             self._line(f"FAILED {self.name(trial)} after {took}, not retried: {why}")

@@ -1,4 +1,5 @@
-"""The local MLflow tracking server a sweep starts, so parallel trials have one writer.
+"""The local MLflow tracking server a sweep (or `bertrep.study`, for all its stages)
+starts, so parallel trials have one writer.
 
     python -m bertrep.sweep --spec sweeps/smoke/aufc.yaml     # serves ./mlflow.db
 
@@ -7,7 +8,7 @@ runs, for a store such as sqlite:///abs/mlflow.db (artifacts in mlartifacts/ bes
     mlflow server --backend-store-uri sqlite:///abs/mlflow.db \\
         --artifacts-destination /abs/mlartifacts --host 127.0.0.1 --port <free> --workers 1
 
-and stops it (and its uvicorn children) when the sweep ends. An http(s) store is used
+and stops it (and its uvicorn children) when the sweep (or study) ends. An http(s) store is used
 as it is.
 """
 
@@ -45,6 +46,12 @@ def store_uri() -> str:
     if "://" not in uri:
         return Path(uri).resolve().as_uri()
     return uri
+
+
+def lasting_store() -> str:
+    """Where runs stay once this process's server is gone: the store behind the server
+    `bertrep.study` shares with its stages ($BERTREP_STORE), else `store_uri()`."""
+    return os.environ.get(env.STORE) or store_uri()
 
 
 def artifacts_beside(store: str) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from bertrep.progress import duration
 SETTINGS = ("smoke", "quick", "paper")
 SWEEPS = ("single", "aufc", "forgetting")
 PROJECT = Path(__file__).resolve().parents[2]  # the repository: MLproject, sweeps/, analysis/
+STAGE_STOP_TIMEOUT_S = 300.0  # for an interrupted stage to end its runs
 HEADLINE = ("Mean-CKA", "AuFC\n", "Does representation similarity predict transfer?")
 
 
@@ -45,6 +47,32 @@ def stages(setting: str, overrides: str) -> list[tuple[str, list[str]]]:
     analysis = analyze_overrides(overrides)
     out.append(("analysis", [*run, "analyze", "-P", f"spec={spec}", "-P", f"overrides={analysis}"]))
     return out
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: stop as on Ctrl-C, passing it on to the running stage."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
+def run_stage(cmd: list[str]) -> int:
+    """Run one stage; its exit status. Interrupted (Ctrl-C reaches the stage too, SIGTERM
+    is passed on as SIGINT), wait for it to end its runs KILLED through the shared
+    server (which its supervisor restarts should the signal have stopped it) before the
+    server goes with the study."""
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, _Terminated):
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=STAGE_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
 
 
 def fetch_figures(run_id: str, out: Path) -> list[Path]:
@@ -94,22 +122,31 @@ def main(argv: list[str] | None = None) -> None:
     # `mlflow run --env-manager local` runs the `python` on PATH: make it this one
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")  # a bar per download
+    signal.signal(signal.SIGTERM, _terminate)
     store = server.store_uri()
-    tracking.mlflow.MlflowClient(store).search_experiments()  # a new store is made as before
+    if not tracking.is_server_uri(store):
+        # made here, not by the server: its Default experiment (the one `mlflow run` uses)
+        # keeps artifacts in a local folder, as when `mlflow run` made the store
+        tracking.mlflow.MlflowClient(store).search_experiments()
     figures = Path(args.figures)
     took: dict[str, float] = {}
     began = time.monotonic()
     # One tracking server for every stage (as on a shared server), not one per stage: each
     # sweep and the analysis would start and stop their own, ~15 s apiece.
     with server.serve(store, Path(server.LOG_DIR).resolve()) as uri, server.tracking_at(uri):
-        print(f"=== {args.setting} study: {store} served at {uri} for every stage", flush=True)
+        if uri != store:
+            print(f"=== {args.setting} study: {store} served at {uri} for every stage")
+            # the stages end their runs and print links on the store itself, not through
+            # (or naming) this server, which is gone once the study ends
+            os.environ[env.STORE] = store
+            os.environ[env.MLFLOW_SUPPRESS_URL] = "true"
         for name, cmd in stages(args.setting, args.overrides):
             print(f"\n=== {args.setting} study, {name}: {' '.join(cmd)}", flush=True)
             started = time.monotonic()
-            done = subprocess.run(cmd)
+            code = run_stage(cmd)
             took[name] = time.monotonic() - started
-            if done.returncode != 0:
-                raise SystemExit(f"{args.setting} study: {name} failed (exit {done.returncode}); "
+            if code != 0:
+                raise SystemExit(f"{args.setting} study: {name} failed (exit {code}); "
                                  "run it again to continue: finished runs are kept")  # fmt: skip
         run = collect.analysis_run()
         print(f"\n=== {args.setting} study, figures: the analysis run's, into {figures}")

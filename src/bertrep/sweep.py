@@ -32,7 +32,7 @@ from ray import tune
 
 from bertrep import env, server, sweep_runs, tracking
 from bertrep.config import Runtime, TrainConfig, parse_bool
-from bertrep.errors import InputError
+from bertrep.errors import InputError, UnavailableError
 from bertrep.progress import INPUT_ERROR, Progress
 from bertrep.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
 
@@ -40,7 +40,8 @@ OUTPUT_DIR = server.LOG_DIR  # also Ray Tune's trial folders
 
 
 class SweepFailed(RuntimeError):
-    """Some trials raised: their runs ended FAILED, the parent ends FAILED."""
+    """Some trials failed (their runs, where one was opened, ended FAILED); the parent
+    ends FAILED."""
 
 
 class SweepInterrupted(Exception):
@@ -105,8 +106,11 @@ class SweepTrial(tune.Trainable):
         tags[tracking.RUN_NAME] = trial["name"]
         try:
             run_id = train.run(cfg, runtime, tags)
+        except UnavailableError:
+            raise  # a download that failed: Tune's retry may get it
         except InputError as error:
-            # Bad input fails the same way every time: reported, not raised for Tune to retry.
+            # Bad input fails the same way every time: reported, not raised for Tune to
+            # retry. run_id "" (no run to name) tells run_stage it was not interrupted.
             return {"done": True, "run_id": "", INPUT_ERROR: str(error)}
         startup = sweep_runs.first_step_time(run_id) - self.started
         sweep_runs.log_trial_stats(run_id, startup, self.index)
@@ -263,6 +267,7 @@ def sweep(spec: Spec, resume: bool = False) -> str:
     """Run the whole sweep; returns the parent run id. No run is left RUNNING."""
     targets = trials(spec)  # a bad spec fails before anything starts
     store = server.store_uri()
+    lasting = server.lasting_store()  # the same, except under bertrep.study's shared server
     outputs = Path(OUTPUT_DIR).resolve()
     parent, status = None, "FAILED"
     try:
@@ -290,14 +295,14 @@ def sweep(spec: Spec, resume: bool = False) -> str:
             sweep_runs.log_counts(parent, _sweep_metrics(counts))
             print(f"sweep {spec.name}: its runs stored {counts['artifact_bytes'] / 2**20:,.1f} MiB "
                   "of artifacts")  # fmt: skip
-            print(f"runs: {tracking.runs_page(store, exp_id)}")
+            print(f"runs: {tracking.runs_page(lasting, exp_id)}")
             status = "FINISHED"
     except (SweepInterrupted, KeyboardInterrupt):
         status = "KILLED"
         raise
     finally:
         if parent is not None:
-            sweep_runs.end_sweep(store, parent, status)
+            sweep_runs.end_sweep(lasting, parent, status)
     return parent
 
 
