@@ -27,7 +27,6 @@ import argparse
 import functools
 import importlib.util
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -282,12 +281,6 @@ def accumulator_gib(layers: int, width: int) -> float:
     return (p * p + 2 * layers * width**2 + 6 * p * layers) * 8 / 2**30
 
 
-def _tile_rows(args, cap: int) -> int:
-    """Rows of the gram route's (float32) tiles with at most `cap` rows."""
-    max_rows = min(cap, math.isqrt(cka._TILE_BYTES // (4 * 2 * args.layers)))
-    return -(-args.n // -(-args.n // max_rows))
-
-
 def breakdown(xs, ys) -> dict[str, float]:
     """Seconds of one default (gram-route) profile in each of its parts: centring (and the
     casts), the Gram tiles' products, the tiles' inner products, everything else."""
@@ -338,8 +331,10 @@ def main() -> None:
     # float64 sums); exact: the same route in float64 throughout, the accuracy reference
     ours_s, ours = best_time(lambda: cka_profile(xs, ys), args.repeats)
     rows, cka._TILE_ROWS = cka._TILE_ROWS, 1 << 30  # tiles as large as _TILE_BYTES allows
-    big_s, big = best_time(lambda: cka_profile(xs, ys), args.repeats)
-    cka._TILE_ROWS = rows
+    try:
+        big_s, big = best_time(lambda: cka_profile(xs, ys), args.repeats)
+    finally:
+        cka._TILE_ROWS = rows
     f64_s, exact = best_time(lambda: cka_profile(xs, ys, dtype="float64"))
     other = "feature" if route == "gram" else "gram"
     other_s, other_profile = best_time(lambda: cka_profile(xs, ys, route=other))
@@ -371,7 +366,8 @@ def main() -> None:
     work = "float32" if route == "gram" else "float64"  # dtype="auto" on float16 inputs
     row(f"ours cka_profile (default: {route}, {work})", ours_s, 0.0,
         f"best of {args.repeats}; biased; sums in float64")  # fmt: skip
-    tiles = f"tiles of {_tile_rows(args, 1 << 30)} rows, not {_tile_rows(args, cka._TILE_ROWS)}"
+    big_rows, rows = (cka.tile_rows(args.n, 2 * lx, 4, cap) for cap in (1 << 30, None))
+    tiles = f"tiles of {big_rows} rows, not {rows}"
     if route == "gram":
         row(f"ours, {tiles}", big_s, np.abs(big - ours).max(),
             f"best of {args.repeats}; the tiling before 2026-12-02")  # fmt: skip

@@ -80,8 +80,9 @@ Route = Literal["auto", "gram", "feature"]
 # Gram tiles of all layers held at once, at most _TILE_BYTES and _TILE_ROWS rows a side.
 # Small tiles put less of the work on the diagonal, where a CPU's symmetric product
 # (OpenBLAS ssyrk: half the flops of a general one in ~90% of its time) gains little and
-# a GPU computes the full tile: at n = 5,000 with 26 layers, 5 × 5 tiles of 1,000 rows
-# took ~25% less time than 2 × 2 of 2,500 on this project's CPU (bench/RESULTS.md).
+# a GPU computes the full tile: at n = 5,000 with 26 layers, a profile in 5 × 5 tiles
+# of 1,000 rows took 1/1.21 of the time of 2 × 2 of 2,500 on this project's CPU
+# (bench/RESULTS.md).
 _TILE_BYTES = 1 << 30
 _TILE_ROWS = 1024
 # Rows per chunk when cka_profile takes the feature route: bounds the stacked float copy.
@@ -190,6 +191,14 @@ def _centre(ops: Any, layers: list[Any]) -> tuple[list[Any], np.ndarray, np.ndar
     return centred, d, d.sum(1) + d.shape[1] * mean_sq  # ||X||² = ||Xc||² + n ||mean||²
 
 
+def tile_rows(n: int, layers: int, itemsize: int, cap: int | None = None) -> int:
+    """Rows a side of the gram route's equal tiles over n rows of `layers` layers: at most
+    `cap` (default _TILE_ROWS), their tiles of all layers at most _TILE_BYTES."""
+    cap = _TILE_ROWS if cap is None else cap
+    max_rows = max(1, min(cap, math.isqrt(_TILE_BYTES // (itemsize * layers))))
+    return -(-n // -(-n // max_rows))  # ceil(n / number of tiles)
+
+
 def _gram_inner(ops: Any, xcs: list[Any], ycs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """<Kc_i, Lc_j> for all pairs (Lx, Ly) and ||Kc_l||² (Lx + Ly,) of centred layers.
 
@@ -199,8 +208,7 @@ def _gram_inner(ops: Any, xcs: list[Any], ycs: list[Any]) -> tuple[np.ndarray, n
     """
     zs, lx = xcs + ycs, len(xcs)
     nz, n = len(zs), zs[0].shape[0]
-    max_rows = max(1, min(_TILE_ROWS, math.isqrt(_TILE_BYTES // (ops.itemsize * nz))))
-    b = -(-n // -(-n // max_rows))  # equal tiles: ceil(n / number of tiles)
+    b = tile_rows(n, nz, ops.itemsize)
     buf = ops.empty_work(nz * b * b)
     inner = ops.zeros(nz, nz)  # <Kc_a, Kc_b> of all layers, both models
     for r0 in range(0, n, b):
