@@ -8,9 +8,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bertrep import cells
+from bertrep.analyze import CORRELATION_COLUMNS
+from bertrep.cells import typed
 from bertrep.figures import draw_all
-from bertrep.profiles import forgetting_summary
-from bertrep.tables import SCORE_COLUMNS, AufcRule, Inputs, aufc_tables, matrix, transfer_k0
+from bertrep.profiles import (
+    FORGETTING_COLUMNS,
+    MEAN_CKA_COLUMNS,
+    PROFILE_COLUMNS,
+    forgetting_summary,
+)
+from bertrep.tables import (
+    CELL_COLUMNS,
+    K0_COLUMNS,
+    SCORE_COLUMNS,
+    AufcRule,
+    Inputs,
+    aufc_tables,
+    matrix,
+    transfer_k0,
+)
 
 L = 12
 
@@ -24,27 +41,38 @@ def scores(ks, values, *, seed=0, source="base", target="sst2", chance=0.5, best
         {"target": target, "source": source, "frozen_layers": k, "seed": seed, "num_layers": L,
          "score": v, "chance": chance, "best": best,
          "norm_score": (v - chance) / (best - chance), "diverged": False,
-         "run_id": f"r{seed}k{k}", "source_version": ""}
+         "run_id": f"r{seed}k{k}", "source_version": "", "status": cells.OK}
         for k, v in zip(ks, values, strict=True)
     ]  # fmt: skip
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    return typed(rows, SCORE_COLUMNS)
+
+
+def cell(table: pd.DataFrame, variant: str, source: str = "base", target: str = "sst2"):
+    """The one row of a cell: every cell of the matrix has one, with or without a number."""
+    (row,) = table[(table.variant == variant) & (table.source == source)
+                   & (table.target == target)].itertuples()  # fmt: skip
+    return row
 
 
 def test_aufc_and_the_original_codes_variant_on_a_full_grid():
     rng = np.random.default_rng(0)
     y = rng.uniform(0.5, 0.9, L + 1)
     table, per_seed = aufc_tables(scores(range(L + 1), y), AufcRule(), inputs())
-    ours = table[table.variant == "aufc"].value.item()
+    ours = cell(table, "aufc").value
     norm = (y - 0.5) / 0.4
     assert ours == pytest.approx(np.trapezoid(norm, np.arange(L + 1) / L), abs=1e-12)
     # sklearn.metrics.auc(np.arange(0, 1, 1/12), scores) over the original k = 0..11,
     # which are our k = 1..12: the trapezoid over x = 0, 1/12, ..., 11/12
-    paper = table[table.variant == "aufc_paper"].value.item()
+    paper = cell(table, "aufc_paper").value
     assert paper == pytest.approx(np.trapezoid(norm[1:], np.arange(0, 1, 1 / 12)), abs=1e-12)
     perfect, _ = aufc_tables(scores(range(L + 1), [0.9] * (L + 1)), AufcRule(), inputs())
-    assert perfect.set_index("variant").value.to_dict() == pytest.approx(
-        {"aufc": 1.0, "aufc_paper": 11 / 12}
+    assert (cell(perfect, "aufc").value, cell(perfect, "aufc_paper").value) == pytest.approx(
+        (1.0, 11 / 12)
     )
+    # the other cells of the matrix have no runs: a row each, labelled, no number
+    others = table[(table.source != "base") | (table.target != "sst2")]
+    assert len(others) == 2 * 5 and set(others.status) == {cells.MISSING}
+    assert others.value.isna().all()
     assert len(per_seed) == 2
 
 
@@ -53,11 +81,12 @@ def test_seeds_average_and_gaps_are_listed_never_filled():
         [scores([0, 6, 12], [0.9, 0.7, 0.5]), scores([0, 6, 12], [0.9, 0.9, 0.9], seed=1)]
     )
     known = inputs()
-    cells, per_seed = aufc_tables(both, AufcRule(), known)
-    aufc = cells[cells.variant == "aufc"].iloc[0]
+    table, per_seed = aufc_tables(both, AufcRule(), known)
+    aufc = cell(table, "aufc")
     assert aufc.value == pytest.approx((0.5 + 1.0) / 2) and aufc.seeds == 2
     # the original variant needs every k = 1..12: listed missing, not computed from two
-    assert (cells.variant == "aufc_paper").sum() == 0
+    paper = cell(table, "aufc_paper")
+    assert np.isnan(paper.value) and paper.status == "missing"
     assert any(m.what == "aufc_paper" and "base->sst2" in m.detail for m in known.missing)
     gappy = pd.concat(
         [scores([0, 6, 12], [0.9, 0.7, 0.5]), scores([0, 12], [0.9, 0.9], seed=1)],
@@ -65,8 +94,8 @@ def test_seeds_average_and_gaps_are_listed_never_filled():
     )
     gappy.loc[gappy.index[0], "score"] = np.nan  # a finished run without a score
     known = inputs()
-    cells, _ = aufc_tables(gappy, AufcRule(), known)
-    assert cells.empty
+    table, _ = aufc_tables(gappy, AufcRule(), known)
+    assert table.value.isna().all()
     details = sorted(m.detail for m in known.missing if m.what == "AuFC")
     assert details == [
         "base->sst2 seed 0: no finished run with a score at k = [0]",
@@ -76,21 +105,21 @@ def test_seeds_average_and_gaps_are_listed_never_filled():
 
 def test_the_endpoints_rule_and_two_runs_at_one_k():
     known = inputs()
-    cells, _ = aufc_tables(scores([0, 6], [0.9, 0.7]), AufcRule(), known)
-    assert cells.empty and "needs 0 and L = 12" in known.missing[0].detail
-    cells, _ = aufc_tables(scores([0, 6], [0.9, 0.7]), AufcRule(require_endpoints=False), inputs())
+    table, _ = aufc_tables(scores([0, 6], [0.9, 0.7]), AufcRule(), known)
+    assert table.value.isna().all() and "needs 0 and L = 12" in known.missing[0].detail
+    table, _ = aufc_tables(scores([0, 6], [0.9, 0.7]), AufcRule(require_endpoints=False), inputs())
     # over its own span [0, 1/2]: (1 + 0.5) / 2 * 0.5
-    assert cells[cells.variant == "aufc"].value.item() == pytest.approx(0.375)
+    assert cell(table, "aufc").value == pytest.approx(0.375)
     twice = pd.concat([scores([0, 6, 12], [0.9, 0.7, 0.5]), scores([6], [0.8])])
     twice.iloc[-1, twice.columns.get_loc("run_id")] = "other"
     known = inputs()
-    assert aufc_tables(twice, AufcRule(), known)[0].empty
+    assert aufc_tables(twice, AufcRule(), known)[0].value.isna().all()
     assert "runs r0k6, other share a k" in known.missing[0].detail
 
 
 def test_transfer_matrix_rows_are_sources_base_last_and_missing_cells_stay_empty():
     grid = pd.concat([scores([0], [0.8]), scores([0, 6], [0.7, 0.6], source="stsb")])
-    frame = matrix(transfer_k0(grid), ("sst2", "stsb"))
+    frame = matrix(transfer_k0(inputs(), grid), ("sst2", "stsb"))
     assert list(frame.index) == ["sst2", "stsb", "base"] and list(frame.columns) == ["sst2", "stsb"]
     assert frame.loc["base", "sst2"] == pytest.approx(0.75)
     assert frame.loc["stsb", "sst2"] == pytest.approx(0.5)
@@ -111,10 +140,18 @@ def test_forgetting_summary_counts_only_what_a_sequential_run_forgot_of_a():
     assert out.forgotten.notna().sum() == 1
 
 
-def test_every_figure_copes_with_empty_tables(tmp_path):
-    empty = {name: pd.DataFrame() for name in (
-        "profiles", "mean_cka", "transfer_k0", "aufc", "scores", "correlation",
-        "forgetting", "forgetting_cka", "runs")}  # fmt: skip
-    drawn = draw_all(empty, tmp_path, ("sst2", "stsb"))
-    # the matrices are still drawn: every cell hatched as missing
-    assert {p.stem for p in drawn} == {"transfer_k0", "aufc", "aufc_paper"}
+def test_no_figure_is_drawn_of_empty_tables(tmp_path):
+    """Tables as the analysis writes them when it found nothing: typed, without rows. A
+    figure with nothing to show is not drawn (the summary says what it needs)."""
+    empty = {
+        "profiles": typed([], PROFILE_COLUMNS),
+        "mean_cka": typed([], MEAN_CKA_COLUMNS),
+        "transfer_k0": typed([], K0_COLUMNS),
+        "aufc": typed([], CELL_COLUMNS),
+        "scores": typed([], SCORE_COLUMNS),
+        "correlation": typed([], CORRELATION_COLUMNS),
+        "forgetting": typed([], FORGETTING_COLUMNS),
+        "forgetting_cka": typed([], PROFILE_COLUMNS),
+        "runs": pd.DataFrame(columns=["run_id", "seed"]),
+    }
+    assert draw_all(empty, tmp_path, ("sst2", "stsb")) == []

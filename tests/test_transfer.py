@@ -84,6 +84,11 @@ def test_average_transferability():
         average_transferability(np.ones((2, 3)))
 
 
+def test_average_transferability_leaves_missing_cells_out():
+    m = np.array([[9.0, np.nan, 2.0], [3.0, 9.0, 5.0], [np.nan, np.nan, 9.0]])
+    np.testing.assert_allclose(average_transferability(m), [2.0, 4.0, np.nan])
+
+
 def test_matrix_correlation():
     a = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 5.0], [4.0, 6.0, 0.0]])
     b = 2 * a + 1
@@ -97,3 +102,14 @@ def test_matrix_correlation():
         matrix_correlation(a, np.eye(2))
     with pytest.raises(ValueError, match="constant"):
         matrix_correlation(a, np.ones((3, 3)))
+
+
+def test_matrix_correlation_over_the_cells_both_have():
+    a = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 5.0], [4.0, 6.0, 0.0]])
+    b = 2 * a + 1
+    b[0, 1] = np.nan  # left out, with a's cell
+    a[2, 0] = np.nan
+    r = matrix_correlation(a, b)
+    assert r.cells == 4 and r.pearson == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 3"):
+        matrix_correlation(a, np.full((3, 3), np.nan))

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from bertrep import env, figures, server, summary, tracking
+from bertrep import cells, env, figures, server, summary, tracking, transfer
+from bertrep.cells import FLOAT, INT, TEXT, typed
 from bertrep.cka import ESTIMATORS
 from bertrep.collect import MissingInput, Store, TrainRun, log_tables
 from bertrep.config import parse_bool
@@ -46,6 +48,7 @@ from bertrep.profiles import (
     forgetting_summary,
     forgetting_tables,
     mean_cka_tables,
+    profile_table,
     task_profiles,
 )
 from bertrep.spec import parse_overrides, read_yaml
@@ -55,13 +58,13 @@ from bertrep.tables import (
     Missing,
     aufc_tables,
     best_scores,
+    labels,
     matrix,
     sweep_command,
     transfer_k0,
     transfer_scores,
 )
 from bertrep.tasks import TASKS
-from bertrep.transfer import correlation
 
 SWEEP_KINDS = ("single", "aufc", "forgetting")
 
@@ -214,77 +217,92 @@ def _one_base_model(spec: AnalysisSpec, runs: list[TrainRun]) -> list[TrainRun]:
 
 
 def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
-    """Every table of the analysis, by name (tables/<name>.parquet)."""
+    """Every table of the analysis, by name (tables/<name>.parquet). Each is computed
+    inside `inputs.computing(name)`, so a failure names the table (and cell) it was in."""
     out: dict[str, pd.DataFrame] = {}
-    out["runs"] = pd.DataFrame([_run_row(r) for r in inputs.runs])
-    out["best"] = best_scores(inputs)
-    out["scores"] = transfer_scores(inputs, out["best"])
-    out["aufc"], out["aufc_seeds"] = aufc_tables(out["scores"], spec.aufc, inputs)
-    out["aufc"] = aufc_intervals(out["aufc"], out["aufc_seeds"], spec.bootstrap)
-    out["transfer_k0"] = transfer_k0(out["scores"])
-    out["mean_cka"], cross_profiles = mean_cka_tables(inputs)
-    profiles = pd.DataFrame(task_profiles(inputs))
-    out["profiles"] = pd.concat([profiles, cross_profiles], ignore_index=True)
-    out["forgetting"], forgetting_rows = forgetting_tables(inputs, out["best"])
-    out["forgetting_cka"] = pd.DataFrame(forgetting_rows)
-    out["forgetting_summary"] = forgetting_summary(out["forgetting"])
-    out["transferability"], out["correlation"] = _comparisons(inputs, out)
-    if spec.bootstrap.replicates and not out["mean_cka"].empty:
-        out["seed_band"] = seed_band_table(out["profiles"])
-        out["indistinguishable"] = pd.concat(
-            [
-                indistinguishable(out["mean_cka"][out["mean_cka"].estimator == "biased"],
-                                  "mean_cka/biased"),
-                indistinguishable(out["aufc"][out["aufc"].variant == "aufc"], "aufc"),
-            ],
-            ignore_index=True,
+
+    def table(name: str, build, *args):
+        with inputs.computing(f"table {name}"):
+            return build(*args)
+
+    out["runs"] = table("runs", lambda: pd.DataFrame([_run_row(r) for r in inputs.runs]))
+    out["best"] = table("best", best_scores, inputs)
+    out["scores"] = table("scores", transfer_scores, inputs, out["best"])
+    out["aufc"], out["aufc_seeds"] = table("aufc", aufc_tables, out["scores"], spec.aufc, inputs)
+    out["aufc"] = table("aufc", aufc_intervals, out["aufc"], out["aufc_seeds"], spec.bootstrap)
+    out["transfer_k0"] = table("transfer_k0", transfer_k0, inputs, out["scores"])
+    out["mean_cka"], cross_profiles = table("mean_cka", mean_cka_tables, inputs)
+    profiles = table("profiles", task_profiles, inputs)
+    out["profiles"] = table("profiles", profile_table, [*profiles, *cross_profiles])
+    out["forgetting"], forgetting_rows = table("forgetting", forgetting_tables, inputs, out["best"])
+    out["forgetting_cka"] = table("forgetting_cka", profile_table, forgetting_rows)
+    out["forgetting_summary"] = table("forgetting_summary", forgetting_summary, out["forgetting"])
+    out["transferability"], out["correlation"] = table("transferability", _comparisons, inputs, out)
+    if spec.bootstrap.replicates:
+        out["seed_band"] = table("seed_band", seed_band_table, out["profiles"])
+        mc, au = out["mean_cka"], out["aufc"]
+        out["indistinguishable"] = table(
+            "indistinguishable",
+            lambda: pd.concat(
+                [indistinguishable(mc[mc.estimator == "biased"], "mean_cka/biased"),
+                 indistinguishable(au[au.variant == "aufc"], "aufc")],
+                ignore_index=True,
+            ),
         )  # fmt: skip
     if spec.diagnostics:
-        out["rogue_dims"], out["rogue_profiles"] = rogue_tables(inputs)
-        out["subgroups"] = subgroup_profiles(inputs, spec.subgroup_min_tokens)
+        out["rogue_dims"], out["rogue_profiles"] = table("rogue_dims", rogue_tables, inputs)
+        out["subgroups"] = table("subgroups", subgroup_profiles, inputs, spec.subgroup_min_tokens)
     if spec.predictors:
-        out["logme"] = logme_table(inputs)
-        out["predictor_cells"], out["predictors"] = shootout(out, inputs.tasks, spec.bootstrap)
-    _missing_cells(inputs, out)
-    out["missing"] = pd.DataFrame(
-        [dataclasses.asdict(m) for m in inputs.missing], columns=["what", "detail", "command"]
-    ).drop_duplicates()
+        out["logme"] = table("logme", logme_table, inputs)
+        out["predictor_cells"], out["predictors"] = table(
+            "predictors", shootout, out, inputs.tasks, spec.bootstrap
+        )
+    table("missing", _missing_cells, inputs, out)
+    out["missing"] = typed(
+        pd.DataFrame([dataclasses.asdict(m) for m in inputs.missing]).drop_duplicates(),
+        {"what": TEXT, "detail": TEXT, "command": TEXT},
+    )
     return out
 
 
 def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:
-    """List every empty cell of a headline matrix that nothing listed yet explains."""
+    """List every empty cell of a headline matrix that nothing listed yet explains, with
+    its label."""
     headline = {
-        "Mean-CKA": matrix(out["mean_cka"], inputs.tasks, estimator=inputs.estimators[0]),
-        "AuFC": matrix(out["aufc"], inputs.tasks, variant="aufc"),
-        "transfer k=0": matrix(out["transfer_k0"], inputs.tasks),
+        "Mean-CKA": (out["mean_cka"], {"estimator": inputs.estimators[0]}),
+        "AuFC": (out["aufc"], {"variant": "aufc"}),
+        "transfer k=0": (out["transfer_k0"], {}),
     }
-    for name, frame in headline.items():
+    for name, (table, where) in headline.items():
+        frame, status = matrix(table, inputs.tasks, **where), labels(table, inputs.tasks, **where)
         said = " ".join(f"{m.detail} " for m in inputs.missing if m.what == name)
         for source, target in frame.stack(future_stack=True).index:
             explained = f"{source}->{target}" in said or f"column {target}:" in said
             if np.isfinite(frame.loc[source, target]) or explained:
                 continue
-            sc = out["scores"]
-            ran = ((sc.source == source) & (sc.target == target)).any() if len(sc) else False
-            why = "runs, but no finite normalized score" if ran else "no runs"
-            why = "source = target: not in the sweep's grid" if source == target else why
+            why = status.loc[source, target]
+            if why == cells.MISSING:
+                why = "source = target: not in the sweep's grid" if source == target else "no runs"
             detail = f"{source}->{target}: {why}"
             inputs.missing.append(Missing(name, detail, sweep_command("aufc")))
 
 
 def _run_row(run: TrainRun) -> dict:
-    row = {k: v for k, v in dataclasses.asdict(run).items() if k not in ("params", "probe_digests")}
+    skip = ("params", "probe_digests", "tables_from")
+    row = {k: v for k, v in dataclasses.asdict(run).items() if k not in skip}
     return row | {
         "label": run.label,
         "probe_digests": ",".join(f"{t}={d}" for t, d in sorted(run.probe_digests.items())),
-    }
+        # probe task=runs:/<run>/<table> of each table referenced instead of extracted
+        "tables_from": ",".join(f"{t}={tracking.RUNS_URI}{r}/{a}"
+                                for t, (r, a) in sorted(run.tables_from.items())),
+    }  # fmt: skip
 
 
 def _comparisons(inputs: Inputs, out: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Average transferability per source under each metric (off-diagonal row means of
-    the task rows), and the correlation of Mean-CKA with each behavioural matrix over the
-    off-diagonal task cells both have."""
+    the task rows, missing cells left out), and the correlation of Mean-CKA with each
+    behavioural matrix over the off-diagonal task cells both have."""
     tasks = list(inputs.tasks)
     metrics = {
         f"mean_cka/{e}": matrix(out["mean_cka"], inputs.tasks, estimator=e)
@@ -297,37 +315,30 @@ def _comparisons(inputs: Inputs, out: dict) -> tuple[pd.DataFrame, pd.DataFrame]
     off = ~np.eye(len(tasks), dtype=bool)
     rows = []
     for name, square in squares.items():
-        for i, task in enumerate(tasks):
-            values = square[i][off[i] & np.isfinite(square[i])]
-            rows.append(
-                {
-                    "metric": name,
-                    "source": task,
-                    "targets": len(values),
-                    "value": float(values.mean()) if len(values) else np.nan,
-                }
-            )
+        # one task has no off-diagonal cell: every row is missing
+        means = transfer.average_transferability(square) if len(tasks) >= 2 else [np.nan]
+        counts = (off & np.isfinite(square)).sum(axis=1)
+        rows += [{"metric": name, "source": task, "targets": int(c), "value": float(v)}
+                 for task, c, v in zip(tasks, counts, means, strict=True)]  # fmt: skip
     corr = []
     for e in inputs.estimators:
         x = squares[f"mean_cka/{e}"]
         for outcome in ("aufc", "aufc_paper", "transfer_k0"):
             y = squares[outcome]
-            shared = off & np.isfinite(x) & np.isfinite(y)
-            row = {
-                "x": f"mean_cka/{e}",
-                "y": outcome,
-                "cells": int(shared.sum()),
-                "pearson": np.nan,
-                "spearman": np.nan,
-                "note": "",
-            }
+            row = {"x": f"mean_cka/{e}", "y": outcome,
+                   "cells": int((off & np.isfinite(x) & np.isfinite(y)).sum())}  # fmt: skip
             try:
-                c = correlation(x[shared], y[shared])
+                c = transfer.matrix_correlation(x, y)
                 row |= {"pearson": c.pearson, "spearman": c.spearman}
-            except ValueError as error:
+            except ValueError as error:  # too few cells, a constant matrix, one task
                 row["note"] = str(error)
             corr.append(row)
-    return pd.DataFrame(rows), pd.DataFrame(corr)
+    return typed(rows, TRANSFERABILITY_COLUMNS), typed(corr, CORRELATION_COLUMNS)
+
+
+TRANSFERABILITY_COLUMNS = {"metric": TEXT, "source": TEXT, "targets": INT, "value": FLOAT}
+CORRELATION_COLUMNS = {"x": TEXT, "y": TEXT, "cells": INT, "pearson": FLOAT, "spearman": FLOAT,
+                       "note": TEXT}  # fmt: skip
 
 
 def _experiment(spec: AnalysisSpec, parents: dict[str, str], store: Store) -> str:
@@ -339,6 +350,44 @@ def _experiment(spec: AnalysisSpec, parents: dict[str, str], store: Store) -> st
         return spec.experiment
     first = store.client.get_run(next(iter(parents.values())))
     return store.client.get_experiment(first.info.experiment_id).name
+
+
+class AnalysisFailed(RuntimeError):
+    """The analysis raised: one line naming what it was computing, the exception and
+    where its traceback was logged."""
+
+
+def _compute_and_log(inputs: Inputs, spec: AnalysisSpec, spec_text: str, parents: dict):
+    """The tables, summary and figures, logged into the active run."""
+    tables = compute(inputs, spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        with inputs.computing("writing the tables"):
+            log_tables(tables, folder / tracking.TABLES_DIR)
+        with inputs.computing("the summary"):
+            text = summary.markdown(spec, tables, parents)
+        mlflow.log_text(text, tracking.ANALYSIS_SUMMARY)
+        mlflow.log_text(
+            spec_text or json.dumps(dataclasses.asdict(spec), indent=1), tracking.ANALYSIS_SPEC
+        )
+        drawn = figures.draw_all(tables, folder / "figures", spec.tasks, inputs.computing)
+        mlflow.log_artifacts(str(folder / "figures"), tracking.FIGURES_DIR)
+    return tables, text, drawn
+
+
+def _failed(spec: AnalysisSpec, inputs: Inputs, run_id: str, error: Exception) -> AnalysisFailed:
+    """Keep the traceback with the run (its status is FAILED once the error leaves it) and
+    say in one line what failed where."""
+    where = f"{tracking.RUNS_URI}{run_id}/{tracking.ANALYSIS_TRACEBACK}"
+    try:
+        mlflow.log_text(traceback.format_exc(), tracking.ANALYSIS_TRACEBACK)
+    except Exception:  # the store may be what failed
+        where = "not logged: the store failed too"
+    doing = inputs.failed_at or "the analysis"
+    return AnalysisFailed(
+        f"analysis {spec.name} failed computing {doing}: {type(error).__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else ''} (traceback: {where})"
+    )
 
 
 def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
@@ -355,17 +404,10 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
         tracking.RUN_NAME: f"analysis {spec.name}",
     }
     with tracking.start_run(_experiment(spec, parents, store), tags=tags) as run:
-        tables = compute(inputs, spec)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            log_tables(tables, folder / tracking.TABLES_DIR)
-            text = summary.markdown(spec, tables, parents)
-            mlflow.log_text(text, tracking.ANALYSIS_SUMMARY)
-            mlflow.log_text(
-                spec_text or json.dumps(dataclasses.asdict(spec), indent=1), tracking.ANALYSIS_SPEC
-            )
-            drawn = figures.draw_all(tables, folder / "figures", spec.tasks)
-            mlflow.log_artifacts(str(folder / "figures"), tracking.FIGURES_DIR)
+        try:
+            tables, text, drawn = _compute_and_log(inputs, spec, spec_text, parents)
+        except Exception as error:
+            raise _failed(spec, inputs, run.info.run_id, error) from error
         mlflow.log_metrics(
             {
                 tracking.ANALYSIS_DOWNLOADS: store.cache.downloads,
@@ -402,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
             run = analyze(spec, Path(args.spec).read_text())
     except MissingInput as error:
         raise SystemExit(str(error)) from None
+    except AnalysisFailed as error:  # the run is FAILED, its traceback logged with it
+        raise SystemExit(f"bertrep.analyze: {error}") from None
     print(f"runs: {tracking.runs_page(store, run.info.experiment_id)}")
 
 

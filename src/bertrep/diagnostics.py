@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bertrep import activations
+from bertrep.cells import FLOAT, INT, TEXT, typed
 from bertrep.cka import cka_profile, cka_profiles
 from bertrep.collect import MissingInput, TrainRun
 from bertrep.labels import probe_labels
@@ -89,7 +90,14 @@ def rogue_tables(inputs: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
                      "hidden_y": j + 1, "cka": raw[i, j], "cka_standardized": standard[i, j],
                      "top_dim_share": share[i, j]}
                 )  # fmt: skip
-    return pd.DataFrame(dims), pd.DataFrame(cells)
+    return typed(dims, DIMS_COLUMNS), typed(cells, ROGUE_COLUMNS)
+
+
+DIMS_COLUMNS = {"probe_task": TEXT, "run_id": TEXT, "label": TEXT, "hidden": INT,
+                "top1": FLOAT, "top3": FLOAT}  # fmt: skip
+ROGUE_COLUMNS = {"probe_task": TEXT, "kind": TEXT, "run_x": TEXT, "label_x": TEXT,
+                 "run_y": TEXT, "label_y": TEXT, "hidden_x": INT, "hidden_y": INT,
+                 "cka": FLOAT, "cka_standardized": FLOAT, "top_dim_share": FLOAT}  # fmt: skip
 
 
 def subgroup_profiles(inputs: Inputs, min_tokens: int = 100) -> pd.DataFrame:
@@ -130,11 +138,13 @@ def subgroup_profiles(inputs: Inputs, min_tokens: int = 100) -> pd.DataFrame:
                              "run_x": x.run_id, "run_y": y.run_id, "hidden_x": i + 1,
                              "hidden_y": j + 1, "cka": profile[i, j]}
                         )  # fmt: skip
-    return pd.DataFrame(rows)
+    return typed(rows, {"probe_task": TEXT, "kind": TEXT, "group": TEXT, "n": INT,
+                        "estimator": TEXT, "run_x": TEXT, "run_y": TEXT, "hidden_x": INT,
+                        "hidden_y": INT, "cka": FLOAT})  # fmt: skip
 
 
 def driven_cells(rogue: pd.DataFrame) -> pd.DataFrame:
     """The cells whose CKA numerator one dimension holds more than half of."""
     if rogue.empty:
         return rogue
-    return rogue[rogue.top_dim_share > DRIVEN]
+    return rogue[rogue.top_dim_share.to_numpy(dtype=float) > DRIVEN]

@@ -6,7 +6,7 @@
 
 `draw_all(tables, folder, tasks)` is what `analyze` calls; the command line downloads
 the tables of an analysis run, redraws every figure into `--out` and logs them back
-into that run (no training, no CKA). Conventions (DESIGN.md): CKA heatmaps put the
+into that run (no training, no CKA). Conventions (docs/definitions.md): CKA heatmaps put the
 first-named model's layers on x, the second's on y, layer 1 bottom-left, colour bar
 0–1, probe task and n in the subtitle; matrices have sources as rows (base last),
 targets as columns, values written in the cells and missing cells hatched and labelled.
@@ -15,6 +15,7 @@ targets as columns, values written in the cells and missing cells hatched and la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -24,7 +25,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bertrep import collect, env, server, tracking
+from bertrep import cells, collect, env, server, tracking
+from bertrep.cells import has_values
 from bertrep.figures_forgetting import forgetting_figures
 from bertrep.figures_uncertainty import (
     interval_figures,
@@ -33,6 +35,7 @@ from bertrep.figures_uncertainty import (
     subgroup_figure,
 )
 from bertrep.plots import NAMES, draw_matrix, headline, heatmap, name, save
+from bertrep.summary import headline_matrices
 from bertrep.tables import matrix
 
 
@@ -91,47 +94,30 @@ def matrix_figure(
     vmin=None,
     vmax=None,
     digits: int = 2,
+    status: pd.DataFrame | None = None,
 ) -> list[Path]:
     fig, ax = plt.subplots(figsize=(1.25 * frame.shape[1] + 2.4, 0.9 * frame.shape[0] + 1.3))
-    image = draw_matrix(ax, frame, title=title, vmin=vmin, vmax=vmax, digits=digits)
+    image = draw_matrix(ax, frame, title=title, vmin=vmin, vmax=vmax, digits=digits,
+                        status=status)  # fmt: skip
     bar = fig.colorbar(image, ax=ax, label=label, shrink=0.85)
     bar.formatter.set_useOffset(False)
     return save(fig, folder, name)
 
 
 def matrix_figures(tables: dict, folder: Path, tasks) -> list[Path]:
+    """Each headline matrix with a number in some cell (the summary says what an undrawn
+    one needs), each cell without a number labelled with its status."""
     out = []
-    mc = tables["mean_cka"]
-    for e in dict.fromkeys(mc.estimator) if len(mc) else []:  # the headline first
-        out += matrix_figure(
-            matrix(mc, tasks, estimator=e),
-            f"Mean-CKA ({e} linear CKA)",
-            folder,
-            f"mean_cka_{e}",
-            label="Mean-CKA",
-            digits=3,
-        )
-    out += matrix_figure(
-        matrix(tables["transfer_k0"], tasks),
-        "Normalized transfer score, no freezing (k = 0)",
-        folder,
-        "transfer_k0",
-        label="normalized score",
-    )
-    out += matrix_figure(
-        matrix(tables["aufc"], tasks, variant="aufc"),
-        "AuFC: area under the freezing curve",
-        folder,
-        "aufc",
-        label="AuFC",
-    )
-    out += matrix_figure(
-        matrix(tables["aufc"], tasks, variant="aufc_paper"),
-        "AuFC as the original code computed it (aufc_paper: k = 1..L at x = (k − 1)/L)",
-        folder,
-        "aufc_paper",
-        label="aufc_paper",
-    )
+    for m in headline_matrices(tables):
+        values = m.values(tables, tasks)
+        if not has_values(values):
+            continue
+        digits = 3 if m.table == "mean_cka" else 2
+        title = {"aufc": "AuFC: area under the freezing curve",
+                 "aufc_paper": "AuFC as the original code computed it (aufc_paper: k = 1..L "
+                               "at x = (k − 1)/L)"}.get(m.file, m.title)  # fmt: skip
+        out += matrix_figure(values, title, folder, m.file, label=m.label, digits=digits,
+                             status=m.labels(tables, tasks))  # fmt: skip
     return out
 
 
@@ -142,8 +128,8 @@ def freezing_curves(tables: dict, folder: Path, tasks) -> list[Path]:
     """Per target: normalized score against the fraction of layers frozen, one line per
     source (mean over seeds), each seed a marker."""
     scores = tables["scores"]
-    if scores.empty:
-        return []
+    if not np.isfinite(scores.norm_score.to_numpy(dtype=float)).any():
+        return []  # no target has a normalized score (the summary's labels say why)
     panels = [t for t in tasks if (scores.target == t).any()]
     fig, axes = plt.subplots(
         1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False, sharey=True
@@ -151,8 +137,12 @@ def freezing_curves(tables: dict, folder: Path, tasks) -> list[Path]:
     colours = dict(zip([*tasks, "base"], plt.cm.tab10.colors, strict=False))
     for ax, target in zip(axes[0], panels, strict=True):
         sel = scores[scores.target == target]
+        if not np.isfinite(sel.norm_score.to_numpy(dtype=float)).any():
+            why = sel.status.iloc[0] if sel.status.iloc[0] != cells.OK else cells.UNDEFINED
+            ax.text(0.5, 0.5, f"{why}:\nno normalized score", ha="center", va="center",
+                    transform=ax.transAxes, color="0.3")  # fmt: skip
         for source in [*tasks, "base"]:
-            s = sel[sel.source == source]
+            s = sel[(sel.source == source) & np.isfinite(sel.norm_score.to_numpy(dtype=float))]
             if s.empty:
                 continue
             x = s.frozen_layers / s.num_layers
@@ -166,6 +156,7 @@ def freezing_curves(tables: dict, folder: Path, tasks) -> list[Path]:
                 label=name(source),
             )
         ax.set_title(f"target {name(target)}")
+        ax.set_xlim(-0.05, 1.05)
         ax.set_xlabel("fraction of layers frozen (k / L)")
         ax.axhline(0, color="0.7", linewidth=0.8)
         ax.axhline(1, color="0.7", linewidth=0.8, linestyle="--")
@@ -188,6 +179,9 @@ def scatter(tables: dict, folder: Path, tasks) -> list[Path]:
     estimator = mc.estimator.iloc[0]
     x = matrix(mc, tasks, estimator=estimator).loc[list(tasks)]
     y = matrix(au, tasks, variant="aufc").loc[list(tasks)]
+    both = np.isfinite(x.to_numpy()) & np.isfinite(y.to_numpy()) & ~np.eye(len(tasks), dtype=bool)
+    if not both.any():
+        return []
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
     for s in tasks:
         for t in tasks:
@@ -206,15 +200,20 @@ def scatter(tables: dict, folder: Path, tasks) -> list[Path]:
     if len(row) and np.isfinite(row.pearson.iloc[0]):
         r = row.iloc[0]
         note = f"\nPearson {r.pearson:.2f}, Spearman {r.spearman:.2f}, {r.cells} cells"
+    elif len(row):
+        note = f"\n{row.cells.iloc[0]} cells: too few to correlate"
     ax.set_title(f"Mean-CKA vs AuFC (source ≠ target){note}", fontsize=9)
     ax.set_xlabel(f"Mean-CKA ({estimator})")
     ax.set_ylabel("AuFC")
     return save(fig, folder, "mean_cka_vs_aufc")
 
 
-def draw_all(tables: dict[str, pd.DataFrame], folder: Path, tasks) -> list[Path]:
-    """Every figure the tables allow, into `folder`; returns the files written."""
+def draw_all(tables: dict[str, pd.DataFrame], folder: Path, tasks, computing=None) -> list[Path]:
+    """Every figure the tables allow, into `folder`; returns the files written.
+    `computing(what)`, a context manager, is told which figure is being drawn (the
+    analysis names it should one fail)."""
     tasks = tuple(tasks)
+    computing = computing or (lambda what: contextlib.nullcontext())
     out = []
     for draw in (
         task_profile_figures,
@@ -227,7 +226,8 @@ def draw_all(tables: dict[str, pd.DataFrame], folder: Path, tasks) -> list[Path]
         rogue_figure,
         subgroup_figure,
     ):
-        out += draw(tables, Path(folder), tasks)
+        with computing(f"figure {draw.__name__}"):
+            out += draw(tables, Path(folder), tasks)
     return out
 
 

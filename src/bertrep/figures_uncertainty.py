@@ -11,10 +11,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from bertrep.plots import draw_matrix, name, save
 from bertrep.summary import flagged
-from bertrep.tables import matrix
+from bertrep.tables import labels, matrix
 
 
 def interval_figures(tables: dict, folder: Path, tasks) -> list[Path]:
@@ -42,7 +43,7 @@ def interval_figures(tables: dict, folder: Path, tasks) -> list[Path]:
         ),
     ]
     for key, cells, title, file, digits in specs:
-        if cells.empty or "ci_low" not in cells or not np.isfinite(cells.ci_low).any():
+        if cells.empty or not np.isfinite(cells.ci_low.to_numpy(dtype=float)).any():
             continue
         frame = matrix(cells, tasks)
         low = matrix(cells.assign(value=cells.ci_low), tasks)
@@ -64,6 +65,7 @@ def interval_figures(tables: dict, folder: Path, tasks) -> list[Path]:
             title=f"{title} with {level} intervals",
             digits=digits,
             notes=notes,
+            status=labels(cells, tasks),
         )
         mine = ties[ties.matrix == key] if len(ties) else ties
         for r in mine.itertuples():
@@ -92,7 +94,7 @@ def predictor_figure(tables: dict, folder: Path, tasks) -> list[Path]:
     per pair, coloured by target (the within-target ranking is what picks a source),
     with Spearman and Kendall and their intervals."""
     cells, corr = tables.get("predictor_cells"), tables.get("predictors")
-    if cells is None or cells.empty:
+    if cells is None or not _any_pair(cells, corr):
         return []
     predictors = list(dict.fromkeys(corr.predictor))
     outcomes = list(dict.fromkeys(corr.outcome))
@@ -130,8 +132,10 @@ def predictor_figure(tables: dict, folder: Path, tasks) -> list[Path]:
         ax.set_title(text, fontsize=8)
         ax.set_xlabel(predictor.replace("_", "-"))
         ax.set_ylabel(outcome.replace("_", " "))
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
+    unique = {}
+    for ax in axes.ravel():
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            unique.setdefault(label, h)
     fig.legend(
         unique.values(),
         [f"to {t}" for t in unique],
@@ -143,6 +147,17 @@ def predictor_figure(tables: dict, folder: Path, tasks) -> list[Path]:
     fig.suptitle("Which cheap signal predicts transfer? (source ≠ target)", y=1.05)
     fig.tight_layout()
     return save(fig, folder, "predictors")
+
+
+def _any_pair(cells: pd.DataFrame, corr: pd.DataFrame) -> bool:
+    """Whether some cell has both a predictor and an outcome (a point to draw)."""
+    for p, o in zip(corr.predictor, corr.outcome, strict=True):
+        if (
+            np.isfinite(cells[p].to_numpy(dtype=float))
+            & np.isfinite(cells[o].to_numpy(dtype=float))
+        ).any():
+            return True
+    return False
 
 
 def rogue_figure(tables: dict, folder: Path, tasks) -> list[Path]:
@@ -160,6 +175,7 @@ def rogue_figure(tables: dict, folder: Path, tasks) -> list[Path]:
         ax.set_ylim(0, max(0.1, 1.25 * dims.top1.max()))  # a share near 1 would stand out
         ax.set_title(f"{name(task)} probe set", fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("variance share of the top dimension")
         ax.legend(fontsize=6)
         ax = axes[1][j]
@@ -215,5 +231,6 @@ def _layer_axes(ax, ylabel: str) -> None:
     """A per-layer CKA panel: y from 0 to 1, layers on x, a small legend."""
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=6)

@@ -37,6 +37,7 @@ from bertrep.bootstrap import (
     seed_band,
     sentence_weights,
 )
+from bertrep.cells import FLAG, FLOAT, INT, TEXT, typed
 
 # Prepared sides kept at once: the target seeds a Mean-CKA column compares against and
 # the source model of the moment (3 seeds + 1 in the paper's setting). Each holds its
@@ -166,21 +167,23 @@ def seed_band_table(profiles: pd.DataFrame) -> pd.DataFrame:
         for (i, a), (j, b) in cells:
             rows.append({"target": target, "hidden_x": a, "hidden_y": b, "low": low[i, j],
                          "high": high[i, j], "pairs": len(pairs)})  # fmt: skip
-    return pd.DataFrame(rows, columns=["target", "hidden_x", "hidden_y", "low", "high", "pairs"])
+    return typed(rows, {"target": TEXT, "hidden_x": INT, "hidden_y": INT, "low": FLOAT,
+                        "high": FLOAT, "pairs": INT})  # fmt: skip
 
 
 def aufc_intervals(cells: pd.DataFrame, seeds: pd.DataFrame, rule: BootstrapRule) -> pd.DataFrame:
     """The AuFC cells with a t-interval of the mean over their seeds (ci_low, ci_high;
-    one seed: none) and near_floor: whether it reaches 0, a source no better than chance."""
+    a cell of one seed, or none, has none) and near_floor: whether it reaches 0, a source
+    no better than chance (unknown without an interval)."""
     cells = cells.copy()
     cells["ci_low"], cells["ci_high"], cells["ci_level"] = np.nan, np.nan, rule.level
-    cells["near_floor"] = None
-    if cells.empty or not rule.replicates:
+    cells["near_floor"] = pd.Series([None] * len(cells), dtype="boolean", index=cells.index)
+    if not rule.replicates:
         return cells
     for i, cell in cells.iterrows():
         mine = seeds[(seeds.source == cell.source) & (seeds.target == cell.target)
-                     & (seeds.variant == cell.variant)].value.to_numpy()  # fmt: skip
-        if len(mine) < 2:
+                     & (seeds.variant == cell.variant)].value.to_numpy(dtype=float)  # fmt: skip
+        if len(mine) < 2 or not np.isfinite(cell.value):
             continue
         half = stats.t.ppf((1 + rule.level) / 2, len(mine) - 1) * stats.sem(mine)
         cells.loc[i, ["ci_low", "ci_high"]] = cell.value - half, cell.value + half
@@ -188,15 +191,21 @@ def aufc_intervals(cells: pd.DataFrame, seeds: pd.DataFrame, rule: BootstrapRule
     return cells
 
 
+TIES_COLUMNS = {"matrix": TEXT, "target": TEXT, "source": TEXT, "value": FLOAT, "ci_low": FLOAT,
+                "ci_high": FLOAT, "best_source": TEXT, "tied_with_best": FLAG}  # fmt: skip
+
+
 def indistinguishable(cells: pd.DataFrame, matrix: str) -> pd.DataFrame:
-    """Per target column of a matrix with intervals: its best source, and for every other
-    source whether its interval overlaps the best's (None: one of them has none)."""
+    """A table of TIES_COLUMNS: per target column of a matrix with intervals: its best source,
+    and for every other source whether its interval overlaps the best's (None: one of
+    them has none). Cells without a number take no part."""
     rows = []
-    usable = cells[np.isfinite(cells.value) & (cells.source != cells.target)]
+    usable = cells[np.isfinite(cells.value.to_numpy(dtype=float)) & (cells.source != cells.target)]
     for target, column in usable.groupby("target"):
         best = column.loc[column.value.idxmax()]
         for _, cell in column.iterrows():
-            known = np.isfinite([cell.ci_low, cell.ci_high, best.ci_low, best.ci_high]).all()
+            ends = [cell.ci_low, cell.ci_high, best.ci_low, best.ci_high]
+            known = np.isfinite(np.array(ends, dtype=float)).all()
             overlap = cell.ci_high >= best.ci_low and best.ci_high >= cell.ci_low
             rows.append(
                 {"matrix": matrix, "target": target, "source": cell.source,
@@ -205,4 +214,4 @@ def indistinguishable(cells: pd.DataFrame, matrix: str) -> pd.DataFrame:
                  "tied_with_best": (bool(overlap) if known else None)
                  if cell.source != best.source else False}
             )  # fmt: skip
-    return pd.DataFrame(rows)
+    return typed(rows, TIES_COLUMNS)

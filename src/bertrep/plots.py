@@ -1,5 +1,5 @@
 """Drawing primitives shared by every figure: task names, saving as PNG and PDF, the CKA
-heatmap and the annotated matrix, each following DESIGN.md's conventions.
+heatmap and the annotated matrix, each following docs/definitions.md's conventions.
 
     image = heatmap(ax, profile_rows, "SST-2", xlabel="layer, seed 0", ylabel="layer, seed 1")
     image = draw_matrix(ax, frame, title="AuFC")      # rows sources, columns targets
@@ -15,6 +15,8 @@ matplotlib.use("Agg")  # headless: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from bertrep import cells  # noqa: E402
 
 CMAP = "viridis"
 NAMES = {
@@ -60,6 +62,13 @@ def heatmap(ax, rows: pd.DataFrame, title: str, *, xlabel: str, ylabel: str):
         cmap=CMAP,
         extent=(xs[0] - 0.5, xs[-1] + 0.5, ys[0] - 0.5, ys[-1] + 0.5),
     )
+    for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
+        if not np.isfinite(v):  # a constant layer's CKA is undefined: say so, never a colour
+            ax.add_patch(plt.Rectangle((xs[j] - 0.5, ys[i] - 0.5), 1, 1, fill=False,
+                                       hatch="///", edgecolor="0.55", linewidth=0))  # fmt: skip
+            if len(xs) <= 8:
+                ax.text(xs[j], ys[i], cells.UNDEFINED, ha="center", va="center", fontsize=6,
+                        color="0.3")  # fmt: skip
     ax.set_xticks(xs)
     ax.set_yticks(ys)
     ax.set_xlabel(xlabel)
@@ -78,20 +87,32 @@ def heatmap(ax, rows: pd.DataFrame, title: str, *, xlabel: str, ylabel: str):
 
 
 def draw_matrix(
-    ax, frame: pd.DataFrame, *, title: str, vmin=None, vmax=None, digits: int = 2, notes=None
+    ax,
+    frame: pd.DataFrame,
+    *,
+    title: str,
+    vmin=None,
+    vmax=None,
+    digits: int = 2,
+    notes=None,
+    status=None,
 ):
     """Sources as rows (base last), targets as columns, each value written in its cell
-    (and below it the cell's entry of `notes`, a frame of strings, if given); a missing
-    cell is hatched and labelled "missing", never coloured. Returns the image."""
+    (and below it the cell's entry of `notes`, a frame of strings, if given); a cell
+    without a number is hatched and labelled with its entry of `status` (the cell labels
+    of bertrep.cells; "missing" without one), never coloured; a single seed's number is
+    marked so. Returns the image."""
     values = frame.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     lo = vmin if vmin is not None else (finite.min() if len(finite) else 0.0)
     hi = vmax if vmax is not None else (finite.max() if len(finite) else 1.0)
     image = ax.imshow(np.ma.masked_invalid(values), cmap=CMAP, vmin=lo, vmax=hi)
     for (i, j), v in np.ndenumerate(values):
+        label = cells.MISSING if status is None else status.iloc[i, j]
         if np.isfinite(v):
             shade = (v - lo) / (hi - lo) if hi > lo else 0.5
             note = "" if notes is None else notes.iloc[i, j]
+            note = "\n".join(filter(None, [note, label * (label == cells.SINGLE_SEED)]))
             ax.text(
                 j,
                 i,
@@ -107,7 +128,8 @@ def draw_matrix(
                     (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.55", linewidth=0
                 )
             )
-            ax.text(j, i, "missing", ha="center", va="center", fontsize=8, color="0.3")
+            label = cells.MISSING if label == cells.OK else label
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="0.3")
     ax.set_xticks(range(values.shape[1]), [name(t) for t in frame.columns])
     ax.set_yticks(range(values.shape[0]), [name(t) for t in frame.index])
     ax.set_xlabel("target task")

@@ -23,6 +23,7 @@ from scipy import stats
 
 from bertrep import activations
 from bertrep.bootstrap import percentile_interval
+from bertrep.cells import FLOAT, INT, TEXT, typed
 from bertrep.collect import MissingInput
 from bertrep.intervals import BootstrapRule
 from bertrep.labels import ProbeLabels, probe_labels
@@ -75,7 +76,8 @@ def logme_table(inputs: Inputs) -> pd.DataFrame:
                     {"source": source, "target": target, "run_id": model.run_id,
                      "seed": model.seed, "rows": len(y), "value": value}
                 )  # fmt: skip
-    return pd.DataFrame(rows, columns=["source", "target", "run_id", "seed", "rows", "value"])
+    return typed(rows, {"source": TEXT, "target": TEXT, "run_id": TEXT, "seed": INT, "rows": INT,
+                        "value": FLOAT})  # fmt: skip
 
 
 def _labels(inputs: Inputs, task: str, owner) -> ProbeLabels:
@@ -119,14 +121,22 @@ def shootout(
         if source == BASE:
             row["transfer_k0"] = np.nan
         cells.append(row)
-    cells = pd.DataFrame(cells, columns=["source", "target", *PREDICTORS, *OUTCOMES])
+    cells = typed(
+        cells, {"source": TEXT, "target": TEXT} | dict.fromkeys((*PREDICTORS, *OUTCOMES), FLOAT)
+    )
     per_model = {k: g.value.to_numpy() for k, g in logme_models.groupby(["source", "target"])}
     rng = np.random.default_rng(rule.seed)
     table = []
     for predictor in PREDICTORS:
         for outcome in OUTCOMES:
             table += _correlate(cells, predictor, outcome, per_seed, per_model, rule, rng)
-    return cells, pd.DataFrame(table)
+    return cells, typed(table, PREDICTOR_COLUMNS)
+
+
+PREDICTOR_COLUMNS = {"predictor": TEXT, "outcome": TEXT, "scope": TEXT, "cells": INT,
+                     "columns": INT, "spearman": FLOAT, "spearman_low": FLOAT,
+                     "spearman_high": FLOAT, "kendall": FLOAT, "kendall_low": FLOAT,
+                     "kendall_high": FLOAT, "note": TEXT}  # fmt: skip
 
 
 def _cka_cells(out: dict, name: str) -> dict[tuple, float]:

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertrep import activations, tracking, transfer
+from bertrep import activations, cells, tracking, transfer
+from bertrep.cells import FLAG, FLOAT, INT, TEXT, typed
 from bertrep.cka import cka_profiles
 from bertrep.collect import MissingInput, TrainRun
 from bertrep.forgetting import forgotten
 from bertrep.intervals import Band, mean_cka_interval
-from bertrep.tables import BASE, Inputs, Missing, sweep_command
+from bertrep.tables import BASE, Inputs, Missing, learned_best, sweep_command
 from bertrep.tasks import get_task
 
 
@@ -34,7 +35,7 @@ def _states(path: Path, hidden: tuple[int, ...]) -> np.ndarray:
     return activations.read_states(path, list(hidden)).astype(np.float32)
 
 
-# Mean-CKA is defined over blocks 1..L whatever the profiles show (DESIGN.md).
+# Mean-CKA is defined over blocks 1..L whatever the profiles show (docs/definitions.md).
 BLOCKS_ONLY = ("cross", "self")
 
 
@@ -107,6 +108,20 @@ def profile_rows(
             }
 
 
+PROFILE_COLUMNS = {
+    "kind": TEXT, "probe_task": TEXT, "probe_digest": TEXT, "estimator": TEXT, "n": INT,
+    "width_x": INT, "width_y": INT, "run_x": TEXT, "label_x": TEXT, "run_y": TEXT,
+    "label_y": TEXT, "step_x": INT, "step_y": INT, "hidden_x": INT, "hidden_y": INT,
+    "cka": FLOAT, "ci_low": FLOAT, "ci_high": FLOAT, "ci_replicates": INT, "floor": FLOAT,
+    "near_floor": FLAG, "source": TEXT, "target": TEXT,
+}  # fmt: skip
+
+
+def profile_table(rows: list[dict]) -> pd.DataFrame:
+    """Profile rows (of `profile_rows`) as a table of PROFILE_COLUMNS, then their extras."""
+    return typed(rows, PROFILE_COLUMNS)
+
+
 # Profiles with intervals: those behind the task profiles and the Mean-CKA cells (the
 # forgetting series get none: their many checkpoints would double the stage's time).
 BOOTSTRAPPED = ("identity", "seeds", "diverged", "self", "cross")
@@ -174,63 +189,69 @@ def source_models(inputs: Inputs, source: str) -> list[TrainRun]:
     return [r for r in inputs.full_fine_tuning(source) if r.registered_as]
 
 
-def mean_cka_tables(inputs: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cells, profiles): Mean-CKA(A→B) = 1 + mean over cells of (cross − self) on B's
+def mean_cka_tables(inputs: Inputs) -> tuple[pd.DataFrame, list[dict]]:
+    """(cells, profile rows): Mean-CKA(A→B) = 1 + mean over cells of (cross − self) on B's
     probe set, cross over (source model, target seed) pairs of distinct runs, self over
     pairs of distinct target seeds. On the diagonal (A = B) cross pairs are exactly the
-    self pairs, so the computed cell is 1: kept as computed, not forced."""
-    cells, profiles = [], []
+    self pairs, so the computed cell is 1: kept as computed, not forced. Every cell of
+    the matrix has a row per estimator; one without a number says why in `status`."""
+    cells_, profiles = [], []
     for target in inputs.tasks:
-        targets = inputs.full_fine_tuning(target)
-        if len(targets) < 2:
-            inputs.missing.append(
-                Missing(
-                    "Mean-CKA",
-                    f"column {target}: needs two seeds of full fine-tuning",
-                    sweep_command("aufc"),
-                )
-            )
+        with inputs.computing(f"Mean-CKA column {target}"):
+            found, rows = _mean_cka_column(inputs, target)
+        cells_ += found
+        profiles += rows
+    return typed(cells_, MEAN_CKA_COLUMNS), profiles
+
+
+MEAN_CKA_COLUMNS = {
+    "source": TEXT, "target": TEXT, "estimator": TEXT, "value": FLOAT, "ci_low": FLOAT,
+    "ci_high": FLOAT, "ci_level": FLOAT, "floor": FLOAT, "near_floor": FLAG,
+    "seed_band_low": FLOAT, "seed_band_high": FLOAT, "within_seed_band": FLAG,
+    "cross_pairs": INT, "self_pairs": INT, "probe_digest": TEXT, "n": INT,
+    "source_versions": TEXT, "source_runs": TEXT, "target_runs": TEXT, "status": TEXT,
+}  # fmt: skip
+
+
+def _empty_cells(inputs: Inputs, target: str, sources, status: str) -> list[dict]:
+    return [{"source": s, "target": target, "estimator": e, "status": status}
+            for s in sources for e in inputs.estimators]  # fmt: skip
+
+
+def _mean_cka_column(inputs: Inputs, target: str) -> tuple[list[dict], list[dict]]:
+    targets = inputs.full_fine_tuning(target)
+    every_source = (*inputs.tasks, BASE)
+    if len(targets) < 2:
+        status = cells.SINGLE_SEED if targets else inputs.source_status(target)
+        status = cells.MISSING if status == cells.OK else status
+        what = f"column {target}: needs two seeds of full fine-tuning ({status})"
+        inputs.missing.append(Missing("Mean-CKA", what, sweep_command("aufc")))
+        return _empty_cells(inputs, target, every_source, status), []
+    self_rows = []
+    for a, b in itertools.combinations(targets, 2):
+        self_rows += _guarded(
+            inputs, "aufc", profile_rows, inputs, "self", target, a, b, target=target
+        )
+    found, profiles = [], list(self_rows)
+    for source in every_source:
+        models = source_models(inputs, source)
+        cross_rows = []
+        for m, t in itertools.product(models, targets):
+            if m.run_id != t.run_id:
+                cross_rows += _guarded(inputs, "aufc", profile_rows, inputs, "cross", target, m,
+                                       t, source=source, target=target)  # fmt: skip
+        if not cross_rows or not self_rows:
+            status = inputs.source_status(source) if not models else cells.MISSING
+            status = cells.MISSING if status == cells.OK else status
+            what = "the pretrained model's extract run" if source == BASE else f"{source} sources"
+            detail = f"{source}->{target}: {what} on {target}'s probe set ({status})"
+            inputs.missing.append(Missing("Mean-CKA", detail, sweep_command("aufc")))
+            found += _empty_cells(inputs, target, [source], status)
             continue
-        self_rows = []
-        for a, b in itertools.combinations(targets, 2):
-            self_rows += _guarded(
-                inputs, "aufc", profile_rows, inputs, "self", target, a, b, target=target
-            )
-        profiles += self_rows
-        for source in (*inputs.tasks, BASE):
-            models = source_models(inputs, source)
-            cross_rows = []
-            for m, t in itertools.product(models, targets):
-                if m.run_id != t.run_id:
-                    cross_rows += _guarded(
-                        inputs,
-                        "aufc",
-                        profile_rows,
-                        inputs,
-                        "cross",
-                        target,
-                        m,
-                        t,
-                        source=source,
-                        target=target,
-                    )
-            if not cross_rows or not self_rows:
-                what = (
-                    "the pretrained model's extract run" if source == BASE else f"{source} sources"
-                )
-                inputs.missing.append(
-                    Missing(
-                        "Mean-CKA",
-                        f"{source}->{target}: {what} on {target}'s probe set",
-                        sweep_command("aufc"),
-                    )
-                )
-                continue
-            profiles += cross_rows
-            cells += _mean_cka_cells(
-                source, target, models, cross_rows, self_rows, inputs.intervals
-            )
-    return pd.DataFrame(cells), pd.DataFrame(profiles)
+        profiles += cross_rows
+        with inputs.computing(f"Mean-CKA cell {source}->{target}"):
+            found += _mean_cka_cells(inputs, source, target, models, cross_rows, self_rows)
+    return found, profiles
 
 
 def _keys(rows: pd.DataFrame) -> list[tuple]:
@@ -242,32 +263,40 @@ def _keys(rows: pd.DataFrame) -> list[tuple]:
     return out
 
 
-def _mean_cka_cells(source, target, models, cross_rows, self_rows, intervals) -> list[dict]:
+def _mean_cka_cells(inputs: Inputs, source, target, models, cross_rows, self_rows) -> list[dict]:
+    """One row per estimator; a profile with an undefined cell (a constant layer) gives no
+    number (status undefined) and is listed missing, naming its layers."""
     cross, self_ = pd.DataFrame(cross_rows), pd.DataFrame(self_rows)
     out = []
     for estimator in dict.fromkeys(cross.estimator):  # the headline estimator first
         c = cross[cross.estimator == estimator]
         s = self_[self_.estimator == estimator]
+        row = {
+            "source": source,
+            "target": target,
+            "estimator": estimator,
+            "cross_pairs": c.groupby(["run_x", "run_y"]).ngroups,
+            "self_pairs": s.groupby(["run_x", "run_y"]).ngroups,
+            "probe_digest": _one(c.probe_digest, f"{source}->{target} probe digests"),
+            "n": int(c.n.iloc[0]),
+            "source_versions": ",".join(m.registered_as for m in models),
+            "source_runs": ",".join(sorted(c.run_x.unique())),
+            "target_runs": ",".join(sorted(c.run_y.unique())),
+        }
+        undefined = pd.concat([c, s])
+        undefined = undefined[~np.isfinite(undefined.cka.to_numpy(dtype=float))]
+        if len(undefined):
+            layers = sorted({*undefined.hidden_x, *undefined.hidden_y})
+            what = (f"{source}->{target} ({estimator}): CKA undefined at {len(undefined)} "
+                    f"profile cells (a constant layer? hidden states {layers[:6]})")  # fmt: skip
+            inputs.missing.append(Missing("Mean-CKA", what, sweep_command("aufc")))
+            out.append(row | {"status": cells.UNDEFINED})
+            continue
         value = transfer.mean_cka(_stack(c), _stack(s))
         band = {}
-        if intervals is not None and estimator == "biased":
-            band = mean_cka_interval(intervals, _keys(c), _keys(s), _stack(s), value)
-        out.append(
-            {
-                "source": source,
-                "target": target,
-                "estimator": estimator,
-                "value": value,
-                **band,
-                "cross_pairs": c.groupby(["run_x", "run_y"]).ngroups,
-                "self_pairs": s.groupby(["run_x", "run_y"]).ngroups,
-                "probe_digest": _one(c.probe_digest, f"{source}->{target} probe digests"),
-                "n": int(c.n.iloc[0]),
-                "source_versions": ",".join(m.registered_as for m in models),
-                "source_runs": ",".join(sorted(c.run_x.unique())),
-                "target_runs": ",".join(sorted(c.run_y.unique())),
-            }
-        )
+        if inputs.intervals is not None and estimator == "biased":
+            band = mean_cka_interval(inputs.intervals, _keys(c), _keys(s), _stack(s), value)
+        out.append(row | {"value": value, **band, "status": cells.OK})
     return out
 
 
@@ -295,7 +324,7 @@ def forgetting_tables(inputs: Inputs, best: pd.DataFrame) -> tuple[pd.DataFrame,
     the B phase both tasks' raw and normalized scores, and the profile of the model
     against the one tuned on A alone (and, where registered, on B alone) on both probe
     sets; its diagonal is each layer's drift."""
-    best_of = best.set_index("task")["best"].to_dict() if not best.empty else {}
+    best_of, learned = dict(zip(best.task, best.best, strict=True)), learned_best(best)
     scores, profiles = [], []
     for run in [r for r in inputs.runs if r.mode in ("sequential", "shuffled")]:
         a, b = run.source_task, run.task
@@ -322,7 +351,7 @@ def forgetting_tables(inputs: Inputs, best: pd.DataFrame) -> tuple[pd.DataFrame,
                         "chance": c,
                         "best": best_of.get(task, np.nan),
                         "norm_score": transfer.normalize(
-                            value, c, best_of.get(task, np.nan), strict=False
+                            value, c, learned.get(task, np.nan), strict=False
                         ),
                     }
                 )
@@ -343,7 +372,14 @@ def forgetting_tables(inputs: Inputs, best: pd.DataFrame) -> tuple[pd.DataFrame,
                     reference=reference,
                     **pair,
                 )
-    return pd.DataFrame(scores), profiles
+    return typed(scores, FORGETTING_COLUMNS), profiles
+
+
+FORGETTING_COLUMNS = {
+    "run_id": TEXT, "mode": TEXT, "task_a": TEXT, "task_b": TEXT, "seed": INT, "sampling": TEXT,
+    "step": INT, "fraction": FLOAT, "scored": TEXT, "task": TEXT, "metric": TEXT,
+    "score": FLOAT, "chance": FLOAT, "best": FLOAT, "norm_score": FLOAT,
+}  # fmt: skip
 
 
 def _references(inputs: Inputs, run: TrainRun) -> list[tuple[str, TrainRun, int | None]]:
@@ -367,11 +403,7 @@ def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
     """Per two-task run and scored task: the normalized score at the first and the last
     checkpoint, and the change. For A in a sequential run the drop is what was forgotten
     (`forgotten`); B's rise is what was learned; a shuffled run learns both from the start."""
-    columns = ["run_id", "mode", "task_a", "task_b", "scored", "task", "first", "last",
-               "forgotten", "seed"]  # fmt: skip
     rows = []
-    if scores.empty:
-        return pd.DataFrame(rows, columns=columns)
     for (run_id, role), g in scores.groupby(["run_id", "scored"]):
         g = g.sort_values("step")
         norm = g.norm_score.to_numpy()
@@ -382,4 +414,6 @@ def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
              "first": norm[0], "last": norm[-1], "seed": g.seed.iloc[0],
              "forgotten": forgotten(norm) if sequential_a and len(norm) >= 2 else np.nan}
         )  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
+    return typed(rows, {"run_id": TEXT, "mode": TEXT, "task_a": TEXT, "task_b": TEXT,
+                        "scored": TEXT, "task": TEXT, "first": FLOAT, "last": FLOAT,
+                        "forgotten": FLOAT, "seed": INT})  # fmt: skip

@@ -6,19 +6,21 @@ text = markdown(spec, tables, parents)      # tables: {name: DataFrame} of `anal
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from bertrep import tracking
+from bertrep import cells, tracking
+from bertrep.cells import has_values
 from bertrep.diagnostics import DRIVEN, driven_cells
-from bertrep.tables import matrix
+from bertrep.tables import NEEDS, labels, matrix
 
 
-def _fmt(value) -> str:
-    return (
-        "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-    )
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or value is pd.NA or not math.isfinite(float(value)):
+        return "—"
+    return f"{value:.{digits}f}"
 
 
 def _table(frame: pd.DataFrame, corner: str, fmt=_fmt) -> str:
@@ -31,17 +33,61 @@ def _table(frame: pd.DataFrame, corner: str, fmt=_fmt) -> str:
     return "\n".join([head, rule, *body])
 
 
-def matrices(tables: dict[str, pd.DataFrame], tasks: tuple[str, ...]) -> dict[str, pd.DataFrame]:
-    """The headline matrices by title: rows = source (base last), columns = target."""
-    out = {}
-    for e in sorted(set(tables["mean_cka"].get("estimator", []))):
-        out[f"Mean-CKA ({e} linear CKA)"] = matrix(tables["mean_cka"], tasks, estimator=e)
-    out["AuFC"] = matrix(tables["aufc"], tasks, variant="aufc")
-    out["AuFC, the original code's variant (aufc_paper)"] = matrix(
-        tables["aufc"], tasks, variant="aufc_paper"
-    )
-    out["Normalized transfer score, no freezing (k = 0)"] = matrix(tables["transfer_k0"], tasks)
+@dataclass(frozen=True)
+class Matrix:
+    """One headline matrix: its title, figure file, cell table and selection, and what a
+    figure of it needs when no cell has a number."""
+
+    title: str
+    file: str
+    table: str
+    where: dict
+    needs: str
+    label: str = ""  # the colour bar's
+
+    def values(self, tables: dict, tasks) -> pd.DataFrame:
+        return matrix(tables[self.table], tasks, **self.where)
+
+    def labels(self, tables: dict, tasks) -> pd.DataFrame:
+        return labels(tables[self.table], tasks, **self.where)
+
+
+def headline_matrices(tables: dict[str, pd.DataFrame]) -> list[Matrix]:
+    """The headline matrices, rows = source (base last), columns = target."""
+    estimators = dict.fromkeys(tables["mean_cka"].estimator)  # the headline estimator first
+    out = [Matrix(f"Mean-CKA ({e} linear CKA)", f"mean_cka_{e}", "mean_cka", {"estimator": e},
+                  "two seeds of full fine-tuning of a target and a source model's tables on "
+                  "its probe set", "Mean-CKA") for e in estimators]  # fmt: skip
+    out += [
+        Matrix("AuFC", "aufc", "aufc", {"variant": "aufc"}, NEEDS["aufc"], "AuFC"),
+        Matrix("AuFC, the original code's variant (aufc_paper)", "aufc_paper", "aufc",
+               {"variant": "aufc_paper"}, NEEDS["aufc_paper"], "aufc_paper"),
+        Matrix("Normalized transfer score, no freezing (k = 0)", "transfer_k0", "transfer_k0",
+               {}, "k = 0 runs from a source on a learned target", "normalized score"),
+    ]  # fmt: skip
     return out
+
+
+def labelled(values: pd.DataFrame, status: pd.DataFrame, fmt=None) -> pd.DataFrame:
+    """A matrix as text: each number (a single seed's marked), else its cell label."""
+    fmt = fmt or _fmt
+    text = values.astype(object).copy()
+    for (i, j), v in np.ndenumerate(values.to_numpy(dtype=float)):
+        label = status.iloc[i, j]
+        if not np.isfinite(v):
+            text.iloc[i, j] = label if label != cells.OK else cells.MISSING
+        else:
+            text.iloc[i, j] = fmt(v) + (" (single seed)" if label == cells.SINGLE_SEED else "")
+    return text
+
+
+def label_legend(tables: dict[str, pd.DataFrame], matrices: list[Matrix], tasks) -> list[str]:
+    """One line per cell label the matrices use, with its meaning."""
+    used = set()
+    for m in matrices:
+        used |= set(m.labels(tables, tasks).to_numpy().ravel())
+    return [f"- *{label}*: {cells.MEANING[label]}" for label in cells.LABELS
+            if label in used and label != cells.OK]  # fmt: skip
 
 
 def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> str:
@@ -63,11 +109,20 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
         "",
         "Rows: source (base = the pretrained model); columns: target. "
         "Mean-CKA's diagonal is computed, not forced to 1 (where A = B the cross pairs "
-        "are the self pairs). — marks a missing cell.",
+        "are the self pairs). A cell without a number names why (below).",
         "",
     ]
-    for title, frame in matrices(tables, spec.tasks).items():
-        lines += [f"## {title}", "", _table(frame, "source \\ target"), ""]
+    headline = headline_matrices(tables)
+    undrawn = []
+    for m in headline:
+        values = m.values(tables, spec.tasks)
+        text = labelled(values, m.labels(tables, spec.tasks))
+        lines += [f"## {m.title}", "", _table(text, "source \\ target", str), ""]
+        if not has_values(values):
+            undrawn.append(f"- `{m.file}.png`: no cell has a number; it needs {m.needs}.")
+    legend = label_legend(tables, headline, spec.tasks)
+    if legend:
+        lines += ["Cells without a number, or marked, say why:", "", *legend, ""]
     corr = tables["correlation"]
     if len(corr):
         lines += ["## Does representation similarity predict transfer?", ""]
@@ -86,7 +141,8 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
     if len(best):
         lines += ["## best_B (mean raw score of full fine-tuning from the pretrained model)", ""]
         lines += [
-            f"- {r.task}: {r.metric} {r.best:.4f} over {r.runs} runs (chance {r.chance:.4f})"
+            f"- {r.task}: {r.metric} {_fmt(r.best, 4)} over {r.runs} runs (chance "
+            f"{_fmt(r.chance, 4)})" + ("" if r.status == cells.OK else f": {r.status}")
             for r in best.itertuples()
         ]
         lines.append("")
@@ -101,6 +157,8 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
                          f"({r.scored}): {_fmt(r.first)} → {_fmt(r.last)} ({change})")  # fmt: skip
         lines.append("")
     lines += uncertainty(tables, spec.tasks)
+    if undrawn:
+        lines += ["## Figures not drawn", "", *undrawn, ""]
     missing = tables["missing"]
     lines += ["## Missing inputs", ""]
     if len(missing):
@@ -118,7 +176,9 @@ def flagged(value) -> bool:
 
 
 def _ci(low, high) -> str:
-    return "" if not (math.isfinite(low) and math.isfinite(high)) else f" [{low:.3f}, {high:.3f}]"
+    if _fmt(low) == "—" or _fmt(high) == "—":
+        return ""
+    return f" [{low:.3f}, {high:.3f}]"
 
 
 def uncertainty(tables: dict[str, pd.DataFrame], tasks: tuple[str, ...]) -> list[str]:
@@ -126,7 +186,7 @@ def uncertainty(tables: dict[str, pd.DataFrame], tasks: tuple[str, ...]) -> list
     dimensions and subgroups: the sections the tables allow."""
     lines = []
     mc, au = tables["mean_cka"], tables["aufc"]
-    if "ci_low" in mc and len(mc):
+    if "indistinguishable" in tables:  # computed with intervals only
         level = f"{float(mc.ci_level.dropna().iloc[0]):.0%}" if mc.ci_level.notna().any() else ""
         lines += [f"## How sure: {level} intervals", ""]
         lines.append(
@@ -137,16 +197,13 @@ def uncertainty(tables: dict[str, pd.DataFrame], tasks: tuple[str, ...]) -> list
             "chance)."
         )
         lines.append("")
-        for title, cells in (("Mean-CKA (biased)", mc[mc.estimator == "biased"]),
+        for title, found in (("Mean-CKA (biased)", mc[mc.estimator == "biased"]),
                              ("AuFC", au[au.variant == "aufc"])):  # fmt: skip
-            text = matrix(cells, tasks).astype(object)
-            for r in cells.itertuples():
+            text = labelled(matrix(found, tasks), labels(found, tasks))
+            for r in found[np.isfinite(found.value.to_numpy(dtype=float))].itertuples():
                 if r.source in text.index and r.target in text.columns:
                     mark = " ≤" if flagged(r.near_floor) else ""
-                    text.loc[r.source, r.target] = (
-                        f"{_fmt(r.value)}{_ci(r.ci_low, r.ci_high)}{mark}"
-                    )
-            text = text.map(lambda v: "—" if not isinstance(v, str) else v)
+                    text.loc[r.source, r.target] += f"{_ci(r.ci_low, r.ci_high)}{mark}"
             lines += [f"{title}:", "", _table(text, "source \\ target", str), ""]
         lines.append("Per target, the best source and those whose interval overlaps its:")
         lines.append("")
@@ -194,6 +251,9 @@ def uncertainty(tables: dict[str, pd.DataFrame], tasks: tuple[str, ...]) -> list
     if dims is not None and len(dims):
         lines += ["## Rogue dimensions", ""]
         for task, g in dims.groupby("probe_task", sort=False):
+            if not g.top1.notna().any():
+                lines.append(f"- {task}: every layer constant (no variance share)")
+                continue
             top = g.loc[g.top1.idxmax()]
             lines.append(f"- {task}: largest single-dimension variance share {top.top1:.2f} "
                          f"({top.label}, layer {top.hidden})")  # fmt: skip

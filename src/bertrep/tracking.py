@@ -482,6 +482,7 @@ TABLES_DIR = "tables"  # tables/<name>.parquet
 FIGURES_DIR = "figures"  # figures/<name>.png and .pdf
 ANALYSIS_SUMMARY = "analysis/summary.md"
 ANALYSIS_SPEC = "analysis/spec.yaml"
+ANALYSIS_TRACEBACK = "analysis/traceback.txt"  # a failed analysis's full traceback
 ANALYSIS_DOWNLOADS = "analysis/downloads"  # activation tables fetched from the store
 ANALYSIS_CACHE_HITS = "analysis/cache_hits"  # ... and found in the local cache
 ANALYSIS_MISSING = "analysis/missing"  # missing inputs listed in the summary

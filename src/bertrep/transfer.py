@@ -4,7 +4,7 @@
     area = aufc([0, 3, 6, 9, 12], scores, num_layers=12, chance=0.5, best=0.92)
     value = mean_cka(cross_profiles, self_profiles)     # (S, L, L) stacks or (L, L)
 
-Definitions (DESIGN.md):
+Definitions (docs/definitions.md):
 - norm(s) = (s − chance_B) / (best_B − chance_B) for target task B.
 - AuFC(A→B): trapezoid area under norm(score_B) against x = k / L over the grid of
   frozen-layer counts k, which must include 0 and L.
@@ -131,10 +131,13 @@ def _square(name: str, m: Any) -> np.ndarray:
 
 
 def average_transferability(matrix: Any) -> np.ndarray:
-    """Row means of a (T, T) source × target matrix with the diagonal left out -> (T,)."""
+    """Row means of a (T, T) source × target matrix over its finite off-diagonal cells ->
+    (T,); NaN for a row with none (a missing cell is left out, never read as 0)."""
     m = _square("matrix", matrix)
-    off = ~np.eye(len(m), dtype=bool)
-    return np.array([row[mask].mean() for row, mask in zip(m, off, strict=True)])
+    use = ~np.eye(len(m), dtype=bool) & np.isfinite(m)
+    return np.array(
+        [row[mask].mean() if mask.any() else np.nan for row, mask in zip(m, use, strict=True)]
+    )
 
 
 class MatrixCorrelation(NamedTuple):
@@ -144,12 +147,13 @@ class MatrixCorrelation(NamedTuple):
 
 
 def matrix_correlation(a: Any, b: Any) -> MatrixCorrelation:
-    """Pearson and Spearman correlation of two (T, T) matrices over off-diagonal cells."""
+    """Pearson and Spearman correlation of two (T, T) matrices over the off-diagonal
+    cells finite in both (a missing cell is left out); a ValueError when fewer than 3."""
     a, b = _square("a", a), _square("b", b)
     if a.shape != b.shape:
         raise ValueError(f"matrices differ in shape: {a.shape} vs {b.shape}")
-    off = ~np.eye(len(a), dtype=bool)
-    return correlation(a[off], b[off])
+    use = ~np.eye(len(a), dtype=bool) & np.isfinite(a) & np.isfinite(b)
+    return correlation(a[use], b[use])
 
 
 def correlation(x: Any, y: Any) -> MatrixCorrelation:

@@ -1,0 +1,83 @@
+"""What a cell of the analysis holds when it holds no plain number, and tables whose
+columns keep their types whatever they hold.
+
+    status = target_status(best=0.50, chance=0.50)          # "at chance"
+    frame = typed(rows, {"value": FLOAT, "near_floor": FLAG, "status": TEXT})
+
+Every table with cells (best_B per task, scores, AuFC, the k = 0 transfer matrix,
+Mean-CKA) has a `status` column with one label of `LABELS`; every matrix, figure and
+summary line shows the same label where a number is missing or unreliable, so an
+outcome of training is never a crash and never a silently dropped cell. The labels'
+meanings are in docs/definitions.md ("Cell labels").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+OK = "ok"  # a number, with an interval where the table has intervals
+MISSING = "missing"  # nothing to compute it from: no runs, no tables, no such k
+AT_CHANCE = "at chance"  # the target's full fine-tuning scored exactly chance: norm undefined
+NOT_LEARNED = "not learned"  # ... scored below chance: a normalized score would be inverted
+DIVERGED = "diverged"  # every run it needs diverged (tagged, or not above chance)
+SINGLE_SEED = "single seed"  # one seed: no interval (AuFC), no pair of seeds (Mean-CKA)
+UNDEFINED = "undefined"  # inputs exist, the formula does not apply (a constant layer's CKA)
+
+LABELS = (OK, MISSING, AT_CHANCE, NOT_LEARNED, DIVERGED, SINGLE_SEED, UNDEFINED)
+
+MEANING = {
+    OK: "computed",
+    MISSING: "no runs or tables to compute it from",
+    AT_CHANCE: "the target's full fine-tuning scored exactly chance (best_B = chance): "
+    "normalized scores are undefined",
+    NOT_LEARNED: "the target's full fine-tuning scored below chance: normalized scores "
+    "would be inverted, so none is given",
+    DIVERGED: "every run it needs diverged",
+    SINGLE_SEED: "one seed only: no interval (AuFC), no pair of seeds (Mean-CKA)",
+    UNDEFINED: "the inputs exist but the formula does not apply (e.g. a constant layer)",
+}
+
+# Column kinds of `typed`: pandas dtypes that hold "nothing" without turning to objects.
+# TEXT holds "" for nothing, so comparisons never meet a missing value.
+FLOAT, INT, FLAG, TEXT = "float64", "Int64", "boolean", "text"
+
+
+def target_status(best: float, chance: float) -> str:
+    """Whether a target's normalized scores exist: best_B against chance_B."""
+    if not (math.isfinite(best) and math.isfinite(chance)):
+        return MISSING
+    if math.isclose(best, chance, rel_tol=0.0, abs_tol=1e-12):
+        return AT_CHANCE
+    return NOT_LEARNED if best < chance else OK
+
+
+def typed(rows: Iterable[Mapping] | pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:
+    """A frame of `rows` with at least `columns` (name -> FLOAT, INT, FLAG or TEXT), each
+    of its kind even when the frame is empty or a column holds only NaN or None (an
+    absent column is all missing); other columns are kept as they are, after these."""
+    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    for name, kind in columns.items():
+        values = frame[name] if name in frame else pd.Series([None] * len(frame), dtype=object)
+        frame[name] = _cast(values, kind)
+    extra = [c for c in frame.columns if c not in columns]
+    return frame[[*columns, *extra]].reset_index(drop=True)
+
+
+def _cast(values: pd.Series, kind: str) -> pd.Series:
+    if kind == FLOAT:
+        return pd.to_numeric(values.astype(object).where(values.notna(), np.nan)).astype(FLOAT)
+    if kind == INT:
+        return pd.to_numeric(values.astype(object).where(values.notna(), None)).astype(INT)
+    if kind == FLAG:
+        known = values.astype(object).where(values.notna(), None)
+        return known.map(lambda v: None if v is None else bool(v)).astype(FLAG)
+    return values.astype(object).where(values.notna(), "").map(str).astype(object)
+
+
+def has_values(frame: pd.DataFrame) -> bool:
+    """Whether a matrix (or a column of numbers) holds any finite number."""
+    return bool(np.isfinite(frame.to_numpy(dtype=float)).any())
