@@ -95,3 +95,27 @@ def test_smoke_study_ends_with_headline_figures_and_ui(smoke_study):
     assert len(links) >= 4 and set(links) == {"5000"}  # three sweeps and the analysis
     assert re.search(r"runs: mlflow ui --backend-store-uri sqlite:///\S+, then "
                      r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs", tail)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_smoke_study_learns_its_tasks_above_chance(smoke_study):
+    """The README's smoke command shows a working pipeline, not chance-level noise: every
+    seed of full fine-tuning scores SST-2 at 0.6 or more and POS at least 0.1 above its
+    majority tag, on at least 100 evaluation examples each."""
+    client = MlflowClient(smoke_study["env"][env.MLFLOW_TRACKING_URI])
+    query = (f"tags.`{tracking.KIND}` = '{tracking.TRAIN_KIND}' and tags.mode = 'single' "
+             "and tags.source_task = 'base' and tags.frozen_layers = '0' "
+             "and tags.diverged = 'false'")  # fmt: skip
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, query)
+    scores: dict[str, dict[str, tuple[float, float]]] = {}
+    for r in runs:
+        assert int(r.data.params["max_eval_examples"]) >= 100
+        metrics = r.data.metrics
+        scores.setdefault(r.data.tags[tracking.TASK], {})[r.data.tags[tracking.SEED]] = (
+            metrics[tracking.FINAL_SCORE], metrics[tracking.CHANCE])  # fmt: skip
+    assert set(scores["sst2"]) == set(scores["pos"]) == {"0", "1"}
+    for seed, (score, _) in scores["sst2"].items():
+        assert score >= 0.6, ("sst2", seed, score)
+    for seed, (score, chance) in scores["pos"].items():
+        assert score >= chance + 0.1, ("pos", seed, score, chance)

@@ -108,9 +108,9 @@ def test_runs_page_nests_each_sweeps_runs_under_its_parent(store, ui, browser):
     parent = wait.until(seen.element_to_be_clickable((By.LINK_TEXT, "sweep smoke-aufc")))
     parent_id = parent.get_attribute("href").split("/")[-1]
     children = [r for r in store["runs"] if r.data.tags.get(tracking.PARENT_RUN) == parent_id]
-    assert len(children) == 16
+    assert len(children) == 21  # the smoke AuFC grid, less the single sweep's four sources
     # no child is listed before its parent is expanded
-    child = "stsb from sst2, k=2, seed 1"
+    child = "pos from sst2, k=3, seed 1"
     assert child in {r.data.tags[tracking.RUN_NAME] for r in children}
     assert not browser.find_elements(By.LINK_TEXT, child)
     row = parent.find_element(By.XPATH, "./ancestor::*[@role='row'][1]")
@@ -119,14 +119,14 @@ def test_runs_page_nests_each_sweeps_runs_under_its_parent(store, ui, browser):
     # the child row shows its probe sets in the Dataset column
     child_row = link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-id")
     cells = browser.find_elements(By.CSS_SELECTOR, f"[row-id='{child_row}']")
-    assert any("stsb-probe" in c.text for c in cells), [c.text for c in cells]
+    assert any("pos-probe" in c.text for c in cells), [c.text for c in cells]
     shot(browser, "runs_nested")
 
 
 def test_training_run_shows_its_loss_curve(store, ui, browser):
-    name = "stsb from sst2, k=2, seed 1"
+    name = "pos from sst2, k=3, seed 1"
     (run,) = [r for r in store["runs"] if r.data.tags.get(tracking.RUN_NAME) == name]
-    assert len(store["client"].get_metric_history(run.info.run_id, tracking.LOSS)) == 3
+    assert len(store["client"].get_metric_history(run.info.run_id, tracking.LOSS)) == 40
     page = f"{ui}/#/experiments/{store['experiment']}/runs/{run.info.run_id}/model-metrics"
     wait = open_page(browser, page)
     wait.until(visible_text(browser, name))
