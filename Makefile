@@ -58,7 +58,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # Sweeps (src/bertrep/sweep.py): SPEC (default: sweeps/quick/<kind>.yaml) and OVERRIDES
-# as in README's "Sweeps"; RESUME=true
+# as in docs/sweeps.md; RESUME=true
 # continues a killed sweep. `make sweep-smoke` checks the whole pipeline in a few minutes.
 SPEC ?=
 OVERRIDES ?=

@@ -1,4 +1,4 @@
-"""Freezing as DESIGN.md defines it, heads, and checkpoints that load back."""
+"""Freezing as docs/definitions.md defines it, heads, and checkpoints that load back."""
 
 from __future__ import annotations
 

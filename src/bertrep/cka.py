@@ -8,7 +8,7 @@
         stream.update(xs, ys)
     profile = stream.result()
 
-Definitions (DESIGN.md). For X (n, p1), Y (n, p2) with centred columns,
+Definitions (docs/definitions.md). For X (n, p1), Y (n, p2) with centred columns,
 CKA = ||YᵀX||²_F / (||XᵀX||_F ||YᵀY||_F). The debiased variant replaces each HSIC
 term by the unbiased estimator of Song et al. (2007), as in Kornblith et al. (2019).
 

@@ -1,6 +1,6 @@
 """Encoder + task heads, freezing, checkpoints.
 
-Freezing (DESIGN.md): k = 0 freezes nothing; k >= 1 freezes the embeddings and
+Freezing (docs/definitions.md): k = 0 freezes nothing; k >= 1 freezes the embeddings and
 blocks 1..k, which then run without dropout (a fixed feature extractor); k = L
 leaves only the heads to train. Frozen parameters get no gradient, so autograd
 records nothing below block k + 1.
