@@ -40,7 +40,8 @@ PARTS = [
 
 
 def timed(spec_path: str, overrides: str) -> tuple[float, dict[str, float]]:
-    from bertrep import analyze, env, server
+    from bertrep import analyze, env
+    from bertrep.tracking import server
 
     os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")
 

@@ -1,4 +1,4 @@
-"""Benchmark of bertrep.cka: one full layer-by-layer CKA profile, against the per-pair method
+"""Benchmark of bertrep.maths.cka: one full layer-by-layer CKA profile, against the per-pair method
 of the original paper code (float32 and float64) and the CKA libraries on PyPI, plus
 streaming memory.
 
@@ -37,8 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bertrep import cka, cka_ops  # noqa: E402
-from bertrep.cka import StreamingCKA, cka_profile, profile_flops  # noqa: E402
+from bertrep.maths import cka
+from bertrep.maths import cka_backend as cka_ops
+from bertrep.maths.cka import StreamingCKA, cka_profile, profile_flops  # noqa: E402
 
 FULL = {"n": 5000, "width": 768, "layers": 13, "stream_rows": 1_000_000, "stream_layers": 2}
 QUICK = {"n": 600, "width": 64, "layers": 4, "stream_rows": 50_000, "stream_layers": 2}

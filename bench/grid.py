@@ -76,11 +76,11 @@ def trainer_trial(cfg, source_uri: str, k: int) -> dict[str, float]:
     )
 
     from bertrep import tracking
-    from bertrep.encode import collate
-    from bertrep.loop import load_task_data
-    from bertrep.model import load_model
-    from bertrep.probing import probe_sets
-    from bertrep.tasks import score
+    from bertrep.data.encode import collate
+    from bertrep.data.tasks import score
+    from bertrep.training.loop import load_task_data
+    from bertrep.training.model import load_model
+    from bertrep.training.readout import probe_sets
 
     started = time.perf_counter()
     folder = Path(tracking.download_model(source_uri)) / "model"
@@ -164,7 +164,7 @@ def trial_shares(env: dict) -> list[tuple[str, float, float]]:
 
 def main() -> None:
     args = parse_args()
-    from bertrep.config import TrainConfig
+    from bertrep.training.config import TrainConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-grid-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
@@ -198,7 +198,8 @@ def main() -> None:
     if "sources: 0 to run" not in (tmp / "bench-grid.log").read_text():
         raise SystemExit("the timed sweep trained its sources again: the timing would count them")
 
-    from bertrep import server, tracking
+    from bertrep import tracking
+    from bertrep.tracking import server
 
     torch.set_num_threads(os.cpu_count() or 1)
     base = {k: v for k, v in fixed.items() if k != "save_checkpoint"}

@@ -43,9 +43,10 @@ def main() -> None:
     import mlflow
     import torch
 
-    from bertrep import prefix, tracking
-    from bertrep.config import Runtime, TrainConfig
+    from bertrep import tracking
     from bertrep.train import run
+    from bertrep.training import prefix
+    from bertrep.training.config import Runtime, TrainConfig
 
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "

@@ -4,7 +4,7 @@ after the other (as sweeps did) and overlapped (as `bertrep.sweep` does now).
     .venv/bin/python bench/startup.py            # 3 rounds of each, alternating
 
 Each round starts a real `mlflow server` on a fresh SQLite store (through
-bertrep.server, as a sweep does) and a real local Ray instance (`ray.init`), and stops
+bertrep.tracking.server, as a sweep does) and a real local Ray instance (`ray.init`), and stops
 both. Printed: seconds to "both ready" per round, the medians, and their ratio.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ray
 
-from bertrep import server
+from bertrep.tracking import server
 
 
 def one_round(folder: Path, overlapped: bool) -> dict[str, float]:

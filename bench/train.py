@@ -55,7 +55,7 @@ def parse_args() -> argparse.Namespace:
 def tiny_bert(folder: Path) -> str:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from bertrep.model import minilm_path
+    from bertrep.training.model import minilm_path
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(0)
@@ -75,9 +75,9 @@ def ours(cfg, k: int) -> tuple[float, int]:
     from accelerate.utils import set_seed
 
     from bertrep import tracking
-    from bertrep.config import Runtime
-    from bertrep.loop import Context, load_task_data, optimise
-    from bertrep.model import load_model
+    from bertrep.training.config import Runtime
+    from bertrep.training.loop import Context, load_task_data, optimise
+    from bertrep.training.model import load_model
 
     set_seed(cfg.seed)
     model, tokenizer, _ = load_model(cfg.base_model, [cfg.task])
@@ -110,9 +110,9 @@ def trainer(cfg, group_by_length: bool) -> tuple[float, int]:
         TrainingArguments,
     )
 
-    from bertrep.loop import load_task_data
-    from bertrep.model import load_model, resolve_model_path
-    from bertrep.tasks import get_task
+    from bertrep.data.tasks import get_task
+    from bertrep.training.loop import load_task_data
+    from bertrep.training.model import load_model, resolve_model_path
 
     path = resolve_model_path(cfg.base_model)
     _, tokenizer, _ = load_model(cfg.base_model, [cfg.task])
@@ -152,8 +152,8 @@ def trainer(cfg, group_by_length: bool) -> tuple[float, int]:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    from bertrep.config import TrainConfig
-    from bertrep.model import TaskModel, load_model
+    from bertrep.training.config import TrainConfig
+    from bertrep.training.model import TaskModel, load_model
 
     tmp = Path(tempfile.mkdtemp())
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'bench.db'}")

@@ -67,7 +67,7 @@ def phase_times(profile: cProfile.Profile) -> dict[str, float]:
 def configs(args: argparse.Namespace) -> list[tuple[str, object]]:
     """(label, config factory): the source first, its transfers once it is registered."""
     from bertrep import tracking
-    from bertrep.config import TrainConfig
+    from bertrep.training.config import TrainConfig
 
     common = dict(base_model=args.model, batch_size=16, lr=1e-4, max_steps=args.steps,
                   max_length=64, max_train_examples=2000, max_eval_examples=300,
@@ -98,7 +98,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from bertrep import train
-    from bertrep.config import Runtime
+    from bertrep.training.config import Runtime
 
     print(f"imports {time.perf_counter() - began:.1f}s; torch threads 1; store {store}")
     rows = []

@@ -48,7 +48,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModel
 
-    from bertrep.model import minilm_path
+    from bertrep.training.model import minilm_path
 
     if args.tiny:
         import tempfile

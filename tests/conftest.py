@@ -95,7 +95,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """A 2-block, width-32 random BERT with the bert-base-uncased vocabulary."""
     from transformers import AutoTokenizer
 
-    from bertrep.model import minilm_path
+    from bertrep.training.model import minilm_path
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer)

@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bertrep import activations, probing
-from bertrep.encode import collate, encode, tokenizer_digest
-from bertrep.model import load_model
-from bertrep.probes import build_probe_set, excluded_ids
-from bertrep.tasks import Example, get_task
+from bertrep.data import activations
+from bertrep.data.encode import collate, encode, tokenizer_digest
+from bertrep.data.probe_sets import build_probe_set, excluded_ids
+from bertrep.data.tasks import Example, get_task
+from bertrep.training import readout as probing
+from bertrep.training.model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_reading_a_table_needs_no_torch(setup, tmp_path):
         tmp_path / "a.parquet", probing.extract(model, data, probe, pad_id=0), probe, {}
     )
     code = (
-        "import sys; from bertrep import activations as a; "
+        "import sys; from bertrep.data import activations as a; "
         f"s = a.read_states({str(path)!r}); a.check_comparable({str(path)!r}, {str(path)!r}); "
         "assert s.shape == (3, 80, 32), s.shape; "
         "assert 'torch' not in sys.modules, 'torch imported'"

@@ -22,9 +22,11 @@ import yaml
 from conftest import REPO, copy_study, run_ok
 from mlflow.tracking import MlflowClient
 
-from bertrep import env, server, sweep_runs, tracking
+from bertrep import env, tracking
 from bertrep.analyze import load_spec, spec_from_dict
-from bertrep.plots import draw_matrix
+from bertrep.figures.plots import draw_matrix
+from bertrep.sweeps import runs as sweep_runs
+from bertrep.tracking import server
 
 SPECS = sorted((REPO / "analysis").glob("*.yaml"))
 ANALYZE = [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml")]

@@ -16,9 +16,9 @@ import yaml
 from conftest import REPO
 
 from bertrep import analyze, env, sweep, train
+from bertrep.data.tasks import DataError, get_task, load_split
 from bertrep.errors import InputError
-from bertrep.spec import load_spec, spec_from_dict
-from bertrep.tasks import DataError, get_task, load_split
+from bertrep.sweeps.spec import load_spec, spec_from_dict
 
 
 def test_wrong_encoding_names_file_row_and_byte(tmp_path):

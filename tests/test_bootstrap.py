@@ -1,10 +1,10 @@
-"""Bootstrap intervals, permutation floors and seed bands (bertrep.bootstrap) against
+"""Bootstrap intervals, permutation floors and seed bands (bertrep.maths.bootstrap) against
 explicit resampling, Monte-Carlo permutations and known expectations."""
 
 import numpy as np
 import pytest
 
-from bertrep.bootstrap import (
+from bertrep.maths.bootstrap import (
     Side,
     bootstrap_mean,
     bootstrap_profile,
@@ -13,7 +13,7 @@ from bertrep.bootstrap import (
     seed_band,
     sentence_weights,
 )
-from bertrep.cka import linear_cka
+from bertrep.maths.cka import linear_cka
 
 
 def _sentences(rng, count: int, sizes=(1, 4)) -> np.ndarray:

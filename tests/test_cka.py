@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertrep.cka import (
+from bertrep.maths.cka import (
     RBF_MAX_N,
     StreamingCKA,
     cka_profile,
@@ -139,9 +139,9 @@ def test_routes_agree_on_stacked_input(rng, debiased):
 
 
 def test_streaming_module_imports_alone_and_is_reexported():
-    """bertrep.cka_streaming imports first without a cycle; numpy use never imports torch."""
+    """bertrep.maths.cka_streaming imports first without a cycle; numpy use never imports torch."""
     code = (
-        "import sys; import bertrep.cka_streaming as s; import bertrep.cka as c; "
+        "import sys; import bertrep.maths.cka_streaming as s; import bertrep.maths.cka as c; "
         "import numpy as np; x = np.random.default_rng(0).standard_normal((9, 3)); "
         "assert c.StreamingCKA is s.StreamingCKA; c.cka_profile([x], [x]); "
         "assert 'torch' not in sys.modules"
@@ -151,7 +151,7 @@ def test_streaming_module_imports_alone_and_is_reexported():
 
 def test_gram_route_tiles_match_one_tile(rng, monkeypatch):
     """Several row tiles (off-diagonal tiles counted twice) give the one-tile answer."""
-    import bertrep.cka as cka
+    from bertrep.maths import cka
 
     xs, ys = models(rng, n=101)
     whole = cka_profile(xs, ys, debiased=True, route="gram")

@@ -13,9 +13,9 @@ import yaml
 from conftest import REPO
 
 from bertrep import env
-from bertrep.config import TrainConfig, add_arguments, from_namespace, parse_bool
-from bertrep.identity import model_identity
-from bertrep.tasks import TASKS
+from bertrep.data.identity import model_identity
+from bertrep.data.tasks import TASKS
+from bertrep.training.config import TrainConfig, add_arguments, from_namespace, parse_bool
 
 
 def test_mlproject_train_parameters_match_config():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from bertrep import encode as enc
-from bertrep.tasks import Example, get_task
+from bertrep.data import encode as enc
+from bertrep.data.tasks import Example, get_task
 
 
 @pytest.fixture(scope="module")

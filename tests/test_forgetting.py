@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertrep.cka import linear_cka
-from bertrep.forgetting import drift, forgotten
+from bertrep.maths.cka import linear_cka
+from bertrep.maths.forgetting import drift, forgotten
 
 
 def states(seed: int, layers: int = 3, n: int = 200, width: int = 16) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from bertrep.tasks import get_task, hub_examples, load_split
+from bertrep.data.tasks import get_task, hub_examples, load_split
 
 GLUE_SPLITS = {
     "sst2": ["train", "validation", "test"],

@@ -1,4 +1,4 @@
-"""The analysis-level intervals (bertrep.intervals) on tables and replicates made here:
+"""The analysis-level intervals (bertrep.analysis.intervals) on tables and replicates made here:
 Mean-CKA cells from stored replicates, their floor and seed band, AuFC t-intervals,
 the seed-band table and which cells cannot be told apart."""
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bertrep.intervals import (
+from bertrep.analysis.intervals import (
     BootstrapRule,
     Intervals,
     aufc_intervals,

@@ -1,16 +1,16 @@
-"""Probe-token labels rebuilt from the data folder (bertrep.labels): the rebuilt probe set
-must be the tables' (same digest), each row gets its sentence's label or its word's tag,
-and its subgroup (first sub-token or continuation)."""
+"""Probe-token labels rebuilt from the data folder (bertrep.analysis.probe_labels): the
+rebuilt probe set must be the tables' (same digest), each row gets its sentence's label or
+its word's tag, and its subgroup (first sub-token or continuation)."""
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from bertrep.collect import MissingInput
-from bertrep.config import TrainConfig
-from bertrep.encode import IGNORE
-from bertrep.labels import probe_labels
-from bertrep.probing import probe_sets
+from bertrep.analysis.collect import MissingInput
+from bertrep.analysis.probe_labels import probe_labels
+from bertrep.data.encode import IGNORE
+from bertrep.training.config import TrainConfig
+from bertrep.training.readout import probe_sets
 
 
 def _probe(task, tiny_model, data_dir):

@@ -1,5 +1,5 @@
 """Load: 16 processes writing at once through the sweep's tracking setup (a SQLite store
-served by `bertrep.server`'s `mlflow server`), each logging two metrics at every one of
+served by `bertrep.tracking.server`'s `mlflow server`), each logging two metrics at every one of
 300 steps as trials do (batched), one more sent alone at each of the first 60 steps (a
 request each), and three artifacts. Every point and every byte must arrive."""
 
@@ -13,7 +13,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bertrep import env, server
+from bertrep import env
+from bertrep.tracking import server
 
 pytestmark = pytest.mark.slow
 

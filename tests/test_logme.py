@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from bertrep.logme import evidence, logme, logme_fit
+from bertrep.maths.logme import evidence, logme, logme_fit
 
 # A tiny fixed case for golden numbers: 6 samples, 2 features.
 TINY_F = np.array([[1.0, 0.5], [0.2, -1.0], [-0.7, 0.3], [1.5, 1.2], [-1.1, -0.4], [0.3, 0.9]])

@@ -20,11 +20,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModel
 
-from bertrep import env, server, tracking
-from bertrep.encode import collate, encode
-from bertrep.mlmodel import label_names, to_transformers
-from bertrep.model import load_model, predictions
-from bertrep.tasks import get_task, load_split, score
+from bertrep import env, tracking
+from bertrep.data.encode import collate, encode
+from bertrep.data.tasks import get_task, load_split, score
+from bertrep.tracking import server
+from bertrep.training.mlmodel import label_names, to_transformers
+from bertrep.training.model import load_model, predictions
 
 TASKS = ("sst2", "stsb", "pos")
 SENTENCES = ["a gripping , funny film .", "dull and far too long"]
@@ -223,9 +224,9 @@ def test_a_non_bert_source_registers_its_checkpoint(tmp_path, data_dir, mlflow_s
     registers bertrep's checkpoint folder, which transfer still starts from."""
     from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-    from bertrep.config import Runtime, TrainConfig
-    from bertrep.model import minilm_path
     from bertrep.train import run
+    from bertrep.training.config import Runtime, TrainConfig
+    from bertrep.training.model import minilm_path
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from bertrep.model import TaskModel, load_model, loss_fn, save_checkpoint
-from bertrep.tasks import get_task
+from bertrep.data.tasks import get_task
+from bertrep.training.model import TaskModel, load_model, loss_fn, save_checkpoint
 
 
 def batch(tokenizer, n=3):

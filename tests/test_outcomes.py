@@ -6,7 +6,7 @@ Each case is one store: a target whose full fine-tuning scores exactly chance, o
 best is below chance, a source whose every seed diverged, a grid of one seed, a target
 without its k = L trial, a task without activation tables, a constant layer, a single
 task in the whole store, and all of them at once. The analysis must finish FINISHED on
-each, label every cell without a number (bertrep.cells), keep numeric columns numeric,
+each, label every cell without a number (bertrep.analysis.cells), keep numeric columns numeric,
 and `bertrep.figures` must redraw every figure, none of them blank.
 """
 
@@ -22,12 +22,15 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from bertrep import activations, cells, sweep_runs, tracking
+from bertrep import tracking
+from bertrep.analysis import cells
+from bertrep.analysis.cells import FLAG, FLOAT, INT
+from bertrep.analysis.collect import read_tables
 from bertrep.analyze import analyze, spec_from_dict
-from bertrep.cells import FLAG, FLOAT, INT
-from bertrep.collect import read_tables
+from bertrep.data import activations
+from bertrep.data.probe_sets import ProbeSet
 from bertrep.figures import redraw
-from bertrep.probes import ProbeSet
+from bertrep.sweeps import runs as sweep_runs
 
 L, WIDTH, SENTENCES, PER_SENTENCE = 3, 8, 12, 4  # 48 probe tokens per task
 ROOT = "synthetic/bert-l3"  # a base model no one can load: labels (LogME, subgroups) missing
@@ -312,7 +315,8 @@ def test_a_failing_analysis_says_where_in_one_line_and_keeps_its_traceback(
 ):
     """Should the analysis fail anyway, its run ends FAILED with the traceback logged as an
     artifact, and the command prints one line naming the table and cell."""
-    from bertrep import analyze, tables
+    from bertrep import analyze
+    from bertrep.analysis import tables
 
     build(Case(tasks=("sst2",)), tmp_path)
     spec = tmp_path / "spec.yaml"

@@ -1,4 +1,4 @@
-"""The transfer-predictor shoot-out (bertrep.predictors.shootout) on tables made here:
+"""The transfer-predictor shoot-out (bertrep.analysis.predictors.shootout) on tables made here:
 its correlations equal scipy's on its own cell table, its intervals come from seeds,
 and diagonal-only CKA is the Mean-CKA formula on the diagonal."""
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bertrep.intervals import BootstrapRule
-from bertrep.predictors import shootout
+from bertrep.analysis.intervals import BootstrapRule
+from bertrep.analysis.predictors import shootout
 
 TASKS = ("mnli", "stsb", "sst2", "pos")
 

@@ -7,12 +7,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoTokenizer
 
-from bertrep import prefix, tracking
-from bertrep.config import Runtime, TrainConfig
-from bertrep.encode import collate, encode
-from bertrep.model import load_model
-from bertrep.tasks import Example, get_task
+from bertrep import tracking
+from bertrep.data.encode import collate, encode
+from bertrep.data.tasks import Example, get_task
 from bertrep.train import run
+from bertrep.training import prefix
+from bertrep.training.config import Runtime, TrainConfig
+from bertrep.training.model import load_model
 
 
 @pytest.fixture

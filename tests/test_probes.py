@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 from transformers import AutoTokenizer
 
-from bertrep.encode import encode, tokenizer_digest
-from bertrep.probes import ProbeSet, build_probe_set, excluded_ids
-from bertrep.tasks import Example, get_task
+from bertrep.data.encode import encode, tokenizer_digest
+from bertrep.data.probe_sets import ProbeSet, build_probe_set, excluded_ids
+from bertrep.data.tasks import Example, get_task
 
 SENTENCES = [
     Example((f"the film number {i} is good and not bad at all",), i % 2) for i in range(40)

@@ -1,10 +1,11 @@
-"""The sweep's progress lines (bertrep.progress); a real sweep's are checked in test_sweep."""
+"""The sweep's progress lines (bertrep.sweeps.progress); a real sweep's are checked in
+test_sweep."""
 
 from __future__ import annotations
 
 import pytest
 
-from bertrep.progress import duration, time_left
+from bertrep.sweeps.progress import duration, time_left
 
 
 @pytest.mark.parametrize(

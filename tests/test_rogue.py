@@ -7,8 +7,8 @@ dimension shares against analytic values and a brute-force loop, and the input g
 import numpy as np
 import pytest
 
-from bertrep.cka import linear_cka
-from bertrep.rogue import (
+from bertrep.maths.cka import linear_cka
+from bertrep.maths.rogue import (
     DimensionShare,
     dimension_share_profile,
     dimension_shares,

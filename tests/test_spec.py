@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from bertrep.config import TrainConfig
-from bertrep.spec import (
+from bertrep.sweeps.spec import (
     SOURCE_FIELDS,
     load_spec,
     needs_source,
@@ -22,6 +21,7 @@ from bertrep.spec import (
     spec_from_dict,
     trials,
 )
+from bertrep.training.config import TrainConfig
 
 SPECS = sorted((REPO / "sweeps").glob("**/*.yaml"))
 SMOKE = REPO / "sweeps" / "smoke" / "aufc.yaml"
@@ -128,7 +128,7 @@ def test_specs_load_without_ray_mlflow_or_torch():
     code = f"""
 import json, sys
 from pathlib import Path
-from bertrep.spec import load_spec, sources, trials
+from bertrep.sweeps.spec import load_spec, sources, trials
 for path in sorted(Path({str(REPO / "sweeps")!r}).glob("**/*.yaml")):
     spec = load_spec(path)
     configs = trials(spec)

@@ -24,8 +24,8 @@ from conftest import REPO, copy_study
 from mlflow.tracking import MlflowClient
 
 from bertrep import env, tracking
-from bertrep.config import TrainConfig
 from bertrep.sweep import main, run_names
+from bertrep.training.config import TrainConfig
 
 SMOKE = REPO / "sweeps" / "smoke" / "aufc.yaml"
 BIN = Path(sys.executable).parent

@@ -8,17 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bertrep import cells
-from bertrep.analyze import CORRELATION_COLUMNS
-from bertrep.cells import typed
-from bertrep.figures import draw_all
-from bertrep.profiles import (
+from bertrep.analysis import cells
+from bertrep.analysis.cells import typed
+from bertrep.analysis.profiles import (
     FORGETTING_COLUMNS,
     MEAN_CKA_COLUMNS,
     PROFILE_COLUMNS,
     forgetting_summary,
 )
-from bertrep.tables import (
+from bertrep.analysis.tables import (
     CELL_COLUMNS,
     K0_COLUMNS,
     SCORE_COLUMNS,
@@ -28,6 +26,8 @@ from bertrep.tables import (
     matrix,
     transfer_k0,
 )
+from bertrep.analyze import CORRELATION_COLUMNS
+from bertrep.figures import draw_all
 
 L = 12
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from bertrep.tasks import TASKS, DataError, chance_score, get_task, load_split, score
+from bertrep.data.tasks import TASKS, DataError, chance_score, get_task, load_split, score
 
 # Official sizes (GLUE, CoNLL-2003) of the splits the data folder holds in full.
 FULL_SPLITS = {
@@ -171,7 +171,7 @@ def test_missing_file_and_unknown_task(tmp_path):
 
 def test_chance_and_scores():
     spec = get_task("sst2")
-    from bertrep.tasks import Example
+    from bertrep.data.tasks import Example
 
     examples = [Example(("x",), 1), Example(("y",), 1), Example(("z",), 0)]
     assert chance_score(spec, examples) == pytest.approx(2 / 3)

@@ -14,7 +14,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bertrep import env, server, sweep_runs, tracking
+from bertrep import env, tracking
+from bertrep.sweeps import runs as sweep_runs
+from bertrep.tracking import server
 
 
 def test_metric_and_tag_names():

@@ -21,11 +21,14 @@ from conftest import REPO
 from mlflow.tracking import MlflowClient
 from transformers import AutoModel
 
-from bertrep import activations, collect, probing, tracking
-from bertrep import model as model_module
-from bertrep.config import Runtime, TrainConfig
+from bertrep import tracking
+from bertrep.analysis import collect
+from bertrep.data import activations
 from bertrep.errors import InputError
 from bertrep.train import run
+from bertrep.training import model as model_module
+from bertrep.training import readout as probing
+from bertrep.training.config import Runtime, TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ pytest tests/test_transfer.py
 import numpy as np
 import pytest
 
-from bertrep.transfer import (
+from bertrep.maths.transfer import (
     aufc,
     average_transferability,
     matrix_correlation,

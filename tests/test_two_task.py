@@ -9,10 +9,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from bertrep import activations, tracking
-from bertrep.config import Runtime, TrainConfig
-from bertrep.model import load_model
+from bertrep import tracking
+from bertrep.data import activations
 from bertrep.train import alone_on_a, checkpoint_steps, run
+from bertrep.training.config import Runtime, TrainConfig
+from bertrep.training.model import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from bertrep import env, server, tracking
+from bertrep import env, tracking
+from bertrep.tracking import server
 
 pytestmark = pytest.mark.slow
 

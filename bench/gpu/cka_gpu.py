@@ -1,4 +1,4 @@
-"""GPU timing of bertrep.cka.cka_profile with torch: float64 (exact) against float32 products
+"""GPU timing of bertrep.maths.cka.cka_profile with torch: float64 (exact) against float32 products
 (float64 sums), with and without TF32, for both exact routes.
 
     python bench/gpu/cka_gpu.py                               # CUDA: 2 × 13 layers, n = 5,000, 768
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from bertrep.cka import cka_profile, profile_flops  # noqa: E402
+from bertrep.maths.cka import cka_profile, profile_flops  # noqa: E402
 
 MODES = {"fp64": ("float64", False), "fp32": ("float32", False), "tf32": ("float32", True)}
 

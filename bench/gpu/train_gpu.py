@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from bertrep.encode import Encoded  # noqa: E402
+from bertrep.data.encode import Encoded  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -98,10 +98,10 @@ def ours(args, folder: str, k: int, cache_gb: float, go: Path | None = None) -> 
     updates, and the first update's seconds (it builds the prefix cache when there is one)."""
     from accelerate import Accelerator
 
-    from bertrep.config import Runtime, TrainConfig
-    from bertrep.loop import Context, TaskData, optimise
-    from bertrep.model import load_model
-    from bertrep.tasks import get_task
+    from bertrep.data.tasks import get_task
+    from bertrep.training.config import Runtime, TrainConfig
+    from bertrep.training.loop import Context, TaskData, optimise
+    from bertrep.training.model import load_model
 
     cfg = TrainConfig(task="sst2", base_model=folder, batch_size=args.batch_size, lr=1e-4,
                       max_length=args.length, frozen_layers=k,

@@ -28,31 +28,27 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from bertrep import cells, env, figures, server, summary, tracking, transfer
-from bertrep.cells import FLOAT, INT, TEXT, typed
-from bertrep.cka import ESTIMATORS
-from bertrep.collect import MissingInput, Store, TrainRun, log_tables
-from bertrep.config import parse_bool
-from bertrep.diagnostics import rogue_tables, subgroup_profiles
-from bertrep.errors import InputError
-from bertrep.identity import model_identity
-from bertrep.intervals import (
+from bertrep import env, figures, tracking
+from bertrep.analysis import cells, summary
+from bertrep.analysis.cells import FLOAT, INT, TEXT, typed
+from bertrep.analysis.collect import MissingInput, Store, TrainRun, log_tables
+from bertrep.analysis.diagnostics import rogue_tables, subgroup_profiles
+from bertrep.analysis.intervals import (
     BootstrapRule,
     Intervals,
     aufc_intervals,
     indistinguishable,
     seed_band_table,
 )
-from bertrep.predictors import logme_table, shootout
-from bertrep.profiles import (
+from bertrep.analysis.predictors import logme_table, shootout
+from bertrep.analysis.profiles import (
     forgetting_summary,
     forgetting_tables,
     mean_cka_tables,
     profile_table,
     task_profiles,
 )
-from bertrep.spec import parse_overrides, read_yaml
-from bertrep.tables import (
+from bertrep.analysis.tables import (
     AufcRule,
     Inputs,
     Missing,
@@ -64,7 +60,14 @@ from bertrep.tables import (
     transfer_k0,
     transfer_scores,
 )
-from bertrep.tasks import TASKS
+from bertrep.data.identity import model_identity
+from bertrep.data.tasks import TASKS
+from bertrep.errors import InputError
+from bertrep.maths import transfer
+from bertrep.maths.cka import ESTIMATORS
+from bertrep.sweeps.spec import parse_overrides, read_yaml
+from bertrep.tracking import server
+from bertrep.training.config import parse_bool
 
 SWEEP_KINDS = ("single", "aufc", "forgetting")
 

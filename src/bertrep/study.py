@@ -24,8 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bertrep import collect, env, server, tracking
-from bertrep.progress import duration
+from bertrep import env, tracking
+from bertrep.analysis import collect
+from bertrep.sweeps.progress import duration
+from bertrep.tracking import server
 
 SETTINGS = ("smoke", "quick", "paper")
 SWEEPS = ("single", "aufc", "forgetting")

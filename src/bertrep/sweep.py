@@ -5,10 +5,10 @@
     python -m bertrep.sweep --spec sweeps/quick/aufc.yaml --resume     # continue a killed sweep
     mlflow run . -e sweep_aufc --env-manager local -P spec=sweeps/quick/aufc.yaml
 
-The spec and its trials are `bertrep.spec`; this module is the driver and the Ray
+The spec and its trials are `bertrep.sweeps.spec`; this module is the driver and the Ray
 trainable. Trials run on a local Ray instance, or on the cluster at $RAY_ADDRESS.
 Unless $MLFLOW_TRACKING_URI is an http(s) server, the sweep serves its store through
-a local `mlflow server` (`bertrep.server`) so parallel trials have one writer.
+a local `mlflow server` (`bertrep.tracking.server`) so parallel trials have one writer.
 
 A trial whose config key already has a FINISHED run in the store is skipped.
 A trial with source_task A (not "base") starts from the registered model of A trained
@@ -30,11 +30,13 @@ from pathlib import Path
 
 from ray import tune
 
-from bertrep import env, server, sweep_runs, tracking
-from bertrep.config import Runtime, TrainConfig, parse_bool
+from bertrep import env, tracking
 from bertrep.errors import InputError, UnavailableError
-from bertrep.progress import INPUT_ERROR, Progress
-from bertrep.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
+from bertrep.sweeps import runs as sweep_runs
+from bertrep.sweeps.progress import INPUT_ERROR, Progress
+from bertrep.sweeps.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
+from bertrep.tracking import server
+from bertrep.training.config import Runtime, TrainConfig, parse_bool
 
 OUTPUT_DIR = server.LOG_DIR  # also Ray Tune's trial folders
 
@@ -192,7 +194,7 @@ def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict)
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             # MLflow holds every result; Tune checkpoints would only cost time.
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-            # One line per trial event (bertrep.progress), not Tune's tables.
+            # One line per trial event (bertrep.sweeps.progress), not Tune's tables.
             verbose=0,
             callbacks=[Progress(f"{spec.name} {stage}", len(todo))],
         ),

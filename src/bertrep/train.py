@@ -37,14 +37,27 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from bertrep import mlmodel, tracking
-from bertrep.config import TWO_TASK_MODES, Runtime, TrainConfig, add_arguments, from_namespace
+from bertrep import tracking
 from bertrep.errors import InputError
-from bertrep.forgetting import drift
-from bertrep.loop import Context, TaskData, load_task_data, log_eval, optimise
-from bertrep.model import TaskModel, load_model, save_checkpoint
-from bertrep.probing import Probes, extract_all, log_activations, log_probe_tables, probe_sets
-from bertrep.transfer import normalize
+from bertrep.maths.forgetting import drift
+from bertrep.maths.transfer import normalize
+from bertrep.training import mlmodel
+from bertrep.training.config import (
+    TWO_TASK_MODES,
+    Runtime,
+    TrainConfig,
+    add_arguments,
+    from_namespace,
+)
+from bertrep.training.loop import Context, TaskData, load_task_data, log_eval, optimise
+from bertrep.training.model import TaskModel, load_model, save_checkpoint
+from bertrep.training.readout import (
+    Probes,
+    extract_all,
+    log_activations,
+    log_probe_tables,
+    probe_sets,
+)
 
 
 def resolve_best(cfg: TrainConfig, task: TaskData) -> None:

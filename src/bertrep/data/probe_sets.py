@@ -1,0 +1,109 @@
+"""Probe sets: the fixed tokens on which every model of a comparison is read out.
+
+For task T: tokens of T's validation split (after tokenization and truncation),
+excluding [CLS], [SEP] and padding; N of them drawn uniformly without replacement
+over (sentence, position) with a seeded generator, then sorted by
+(sentence, position). The digest names everything that decides the selection
+(task, split, the split's tokens, tokenizer, max length, N, seed, rule), so
+two models can be compared on a probe set only if they share the digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from bertrep.data.encode import Encoded
+
+SELECTION_RULE = "uniform-without-replacement over (sentence, position), no specials; v1"
+
+
+@dataclass
+class ProbeSet:
+    """sentence, position, token_id: (N,) arrays in row order; meta: what made them."""
+
+    sentence: np.ndarray
+    position: np.ndarray
+    token_id: np.ndarray
+    meta: dict
+
+    @property
+    def digest(self) -> str:
+        return self.meta["digest"]
+
+    def __len__(self) -> int:
+        return len(self.sentence)
+
+    def to_table(self) -> pa.Table:
+        table = pa.table(
+            {
+                "sentence": pa.array(self.sentence, pa.int32()),
+                "position": pa.array(self.position, pa.int32()),
+                "token_id": pa.array(self.token_id, pa.int32()),
+            }
+        )
+        return table.replace_schema_metadata({"bertrep.probe": json.dumps(self.meta)})
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> ProbeSet:
+        meta = json.loads(table.schema.metadata[b"bertrep.probe"])
+        cols = {c: table[c].to_numpy() for c in ("sentence", "position", "token_id")}
+        return cls(**cols, meta=meta)
+
+
+def excluded_ids(tokenizer) -> set[int]:
+    """[CLS], [SEP] and padding: never probe tokens. ([UNK] and the rest are text.)"""
+    ids = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    return {i for i in ids if i is not None}
+
+
+def build_probe_set(
+    encoded: Encoded,
+    *,
+    task: str,
+    split: str,
+    file: str,
+    tokenizer_digest: str,
+    excluded: set[int],
+    max_length: int,
+    n_tokens: int,
+    seed: int,
+) -> ProbeSet:
+    """Draw the probe tokens of one split. Fewer than n_tokens available: take them all."""
+    sentence, position, token_id = [], [], []
+    for i, ids in enumerate(encoded.input_ids):
+        keep = np.flatnonzero(~np.isin(ids, list(excluded)))
+        sentence.append(np.full(len(keep), i, dtype=np.int64))
+        position.append(keep)
+        token_id.append(ids[keep])
+    sentence, position, token_id = map(np.concatenate, (sentence, position, token_id))
+    total = len(sentence)
+    if total == 0:
+        raise ValueError(f"{task} {split} ({file}) has no tokens to probe")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(total, size=min(n_tokens, total), replace=False))
+    # Candidates are enumerated in (sentence, position) order, so sorting the draw
+    # sorts the rows by (sentence, position) too.
+    meta = {
+        "task": task,
+        "split": split,
+        "file": file,
+        "tokenizer": tokenizer_digest,
+        "max_length": max_length,
+        "n_tokens": n_tokens,
+        "seed": seed,
+        "rule": SELECTION_RULE,
+    }
+    # The data's own tokens enter the identity too: the same split name read from
+    # another file (a sample, a different release) is another probe set.
+    data = hashlib.sha256(np.concatenate(encoded.input_ids).astype(np.int32).tobytes())
+    meta["data"] = data.hexdigest()[:16]
+    identity = {k: v for k, v in meta.items() if k != "file"}  # where it lies is no identity
+    meta["digest"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    meta["rows"] = int(len(pick))
+    meta["available"] = int(total)
+    return ProbeSet(sentence[pick], position[pick], token_id[pick], meta)

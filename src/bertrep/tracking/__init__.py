@@ -1,0 +1,503 @@
+"""Everything MLflow: the only module that spells a param, tag, metric key, artifact
+path, registered-model name or URI scheme, and that knows how to find runs again.
+
+    mlflow ui --backend-store-uri sqlite:///mlflow.db    # what these names look like
+
+Where runs go is MLflow's own choice: $MLFLOW_TRACKING_URI, else MLflow's default
+store (`sqlite:///mlflow.db` in the working folder). `mlflow run` sets the run. MLflow
+itself is imported on first use, so configs and sweep specs use these names without
+loading it. The local tracking server a sweep starts is `bertrep.tracking.server`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import os
+import signal
+import time
+import urllib.parse
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bertrep import env
+
+
+class _OnFirstUse:
+    """A module imported when an attribute of it is first used."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+# Importing MLflow takes seconds; configs and sweep specs use the names below without it.
+mlflow = _OnFirstUse("mlflow")
+
+DEFAULT_EXPERIMENT = "bertrep"
+
+# URI schemes
+MODELS_URI = "models:/"  # models:/<name>/<version>, models:/<name>@<alias>
+LOGGED_MODELS_URI = "models:/m-"  # models:/<model id>: a logged model, not a registered one
+RUNS_URI = "runs:/"  # runs:/<run id>/<artifact path>
+MODEL_URIS = (MODELS_URI, RUNS_URI)  # what base_model and reference_model may name
+ARTIFACTS_URI = "mlflow-artifacts:/"  # artifacts proxied by a tracking server
+HTTP_URI = "http://"
+SERVER_URIS = (HTTP_URI, "https://")  # a tracking server (one writer)
+SQLITE_URI = "sqlite:///"
+FILE_URI = "file://"
+
+# MLflow's own tags
+PARENT_RUN = "mlflow.parentRunId"  # the UI nests a child under it
+RUN_NAME = "mlflow.runName"
+
+# tags
+KIND = "bertrep.kind"
+TRAIN_KIND = "train"  # the KIND of a training run
+SWEEP_KIND = "sweep"  # the KIND of a sweep's parent run
+TASK = "task"
+BASE_MODEL = "base_model"
+SOURCE_TASK = "source_task"
+FROZEN_LAYERS = "frozen_layers"
+SEED = "seed"
+CONFIG_KEY = "config_key"
+DIVERGED = "diverged"
+DIVERGED_REASON = "diverged_reason"
+FAILURE_REASON = "failure_reason"  # why a run ended FAILED (the exception, a dead worker)
+TRAIN_FILE = "train_file"
+EVAL_FILE = "eval_file"
+NUM_LAYERS = "num_layers"
+REGISTERED_AS = "registered_as"
+MODE = "mode"
+BEST_ORIGIN = "best_origin"  # where best_B came from (the experiment, best_score, none)
+BEST_SOURCE = BEST_ORIGIN  # the old name of the constant, until its users move
+RUN_ID = "run_id"  # on a registered model version: the run it came from
+
+# metrics
+TRAIN_PHASE = "train"
+A_PHASE = "train_a"  # the A phase of a sequential run
+
+
+def phase_metric(phase: str, name: str) -> str:
+    """Training metrics of a phase: train/loss, or train_a/loss for the A phase of a
+    sequential run."""
+    return f"{phase}/{name}"
+
+
+def eval_metric(name: str, task: str | None = None) -> str:
+    """eval/<name> for the run's own task; eval/<task>/<name> for the other task of a
+    two-task run."""
+    return f"eval/{task}/{name}" if task else f"eval/{name}"
+
+
+def drift_metric(probe_task: str, layer: int) -> str:
+    """CKA of hidden state `layer` against the model fine-tuned on A alone."""
+    return f"drift/{probe_task}/layer_{layer}"
+
+
+LOSS = phase_metric(TRAIN_PHASE, "loss")
+LR = phase_metric(TRAIN_PHASE, "lr")
+THROUGHPUT = phase_metric(TRAIN_PHASE, "examples_per_s")
+CHANCE = eval_metric("chance")
+NORM_SCORE = eval_metric("norm_score")
+BEST_SCORE = "eval/best"
+FINAL_SCORE = "final/score"
+FINAL_NORM_SCORE = "final/norm_score"
+ARTIFACT_BYTES = "artifacts/bytes"  # what a run stored: tables, checkpoint or model
+
+# artifacts
+CHECKPOINT = "checkpoint"  # a run's model as bertrep writes it (model.save_checkpoint)
+MODEL_NAME = "model"  # the MLflow Model a source run logs (mlmodel.log_model)
+MODEL_META = "bertrep"  # its MLmodel metadata key: what model.load_model needs
+CONFIG_FILE = "config.json"
+
+
+def probe_artifact(task: str) -> str:
+    return f"probes/{task}.parquet"
+
+
+def activations_dir(task: str) -> str:
+    return f"activations/{task}"
+
+
+def activations_file(step: int) -> str:
+    return f"step_{step}.parquet"
+
+
+def activations_step(path: str) -> int:
+    """The step of an activation table's artifact path (.../step_<step>.parquet)."""
+    return int(Path(path).stem.removeprefix("step_"))
+
+
+# activations_from.<task>: on a run whose every hidden state equals its start model's
+# (all layers frozen), the runs:/ URI of the table the start model's run logged instead
+ACTIVATIONS_FROM = "activations_from."
+
+
+def activations_from_tag(task: str) -> str:
+    return f"{ACTIVATIONS_FROM}{task}"
+
+
+def activations_from(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{probe task: (run id, artifact path)} of the tables a run references (its
+    activations_from.<task> tags)."""
+    out = {}
+    for key, uri in tags.items():
+        if key.startswith(ACTIVATIONS_FROM) and uri.startswith(RUNS_URI):
+            run_id, _, path = uri.removeprefix(RUNS_URI).partition("/")
+            out[key.removeprefix(ACTIVATIONS_FROM)] = (run_id, path)
+    return out
+
+
+def source_tables(model_uri: str, digests: dict[str, str]) -> dict[str, str]:
+    """The activation tables the run behind a registered model logged on its probe sets,
+    at its last step, where that run's probe set has the digest in `digests`:
+    {probe task: runs:/<id>/activations/<task>/step_<s>.parquet}. Empty for a model that
+    is not a registered version (a folder, a hub id, runs:/)."""
+    try:
+        name, version = parse_model_uri(model_uri)
+    except ValueError:
+        return {}
+    run_id = _client().get_model_version(name, version).run_id
+    if not run_id:
+        return {}
+    tags = _client().get_run(run_id).data.tags
+    out = {}
+    for task, digest in digests.items():
+        if probe_digests(tags).get(task) != digest:
+            continue
+        files = [f.path for f in _client().list_artifacts(run_id, activations_dir(task))]
+        if files:
+            last = max(files, key=activations_step)
+            out[task] = f"{RUNS_URI}{run_id}/{last}"
+    return out
+
+
+PROBE_CONTEXT = "probe"  # the context of a run's probe sets among its MLflow dataset inputs
+PROBE_TAG = "probe."  # probe.<task>: the digest of the run's probe set of that task
+EXTRACT_MODE = "extract"  # the mode of a run that only reads a model out on probe sets
+BASE_SOURCE = "base"  # the source_task of a run from the pretrained model
+
+
+def probe_tag(task: str) -> str:
+    return f"{PROBE_TAG}{task}"
+
+
+def probe_digests(tags: dict[str, str]) -> dict[str, str]:
+    """{probe task: digest} from a run's tags."""
+    return {k[len(PROBE_TAG) :]: v for k, v in tags.items() if k.startswith(PROBE_TAG)}
+
+
+def registered_model_name(task: str) -> str:
+    return f"bertrep-{task}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """models:/<name>/<version> -> (name, version)."""
+    name, _, version = uri.removeprefix(MODELS_URI).partition("/")
+    if not uri.startswith(MODELS_URI) or not name or not version.isdigit():
+        raise ValueError(f"{uri!r} is not a models:/<name>/<version> URI")
+    return name, version
+
+
+def is_model_uri(value: str) -> bool:
+    """A models:/ or runs:/ URI: a model to download from MLflow, not a folder or hub id."""
+    return value.startswith(MODEL_URIS)
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(SERVER_URIS)
+
+
+def _client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient()
+
+
+def _metrics(values: dict[str, float], step: int = 0) -> list:
+    now = int(time.time() * 1000)
+    return [mlflow.entities.Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+# --- a training run ---
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def end_killed_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler's stop) raises KeyboardInterrupt in this process, so
+    its run ends KILLED (`start_run`), not left RUNNING."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+@contextmanager
+def start_run(
+    experiment_name: str = "", run_name: str | None = None, tags: dict | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under `mlflow run`, resume) a run; on an exception it ends FAILED,
+    on Ctrl-C KILLED, never left RUNNING."""
+    if experiment_name:
+        mlflow.set_experiment(experiment_name)
+    elif not any(
+        os.environ.get(k)
+        for k in (env.MLFLOW_RUN_ID, env.MLFLOW_EXPERIMENT_NAME, env.MLFLOW_EXPERIMENT_ID)
+    ):
+        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    run = mlflow.start_run(run_name=run_name, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:
+        try:
+            mlflow.set_tag(FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
+        except Exception:  # the store may be what failed: the status matters more
+            pass
+        finally:
+            mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def log_config(params: dict[str, str]) -> None:
+    """Log the resolved config: params (those `mlflow run` has not logged already, in
+    the user's spelling) and the exact values as `config.json`."""
+    run = mlflow.active_run()
+    existing = _client().get_run(run.info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+    mlflow.log_dict(params, CONFIG_FILE)
+
+
+def set_tags(tags: dict) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+class MetricLogger:
+    """Buffers metrics and sends them in batches (one request per `every` points)."""
+
+    def __init__(self, run_id: str, every: int = 200) -> None:
+        self.client = _client()
+        self.run_id = run_id
+        self.every = every
+        self.buffer: list = []
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        values = {k: float(v) for k, v in metrics.items()}
+        # MLflow stores NaN but not inf; a diverged loss is still worth seeing.
+        values = {k: math.copysign(1e308, v) if math.isinf(v) else v for k, v in values.items()}
+        self.buffer += _metrics(values, step)
+        if len(self.buffer) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self.buffer), 1000):  # log_batch takes 1000 at most
+            self.client.log_batch(self.run_id, metrics=self.buffer[start : start + 1000])
+        self.buffer = []
+
+
+def probe_dataset_name(task: str) -> str:
+    return f"{task}-probe"
+
+
+def log_probe_input(rows, meta: dict) -> None:
+    """A probe set as an MLflow dataset input of the active run: the UI's Dataset column
+    shows it, and `datasets.digest = '<probe digest>'` finds every run read out on it."""
+    with warnings.catch_warnings():  # neither applies: a local file; ids never missing
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+        # A local file names its source; MLflow resolves no source for a hub split
+        # (hf://...), which the probe set's tags and digest identify anyway.
+        source = meta["file"] if os.path.isfile(meta["file"]) else None
+        dataset = mlflow.data.from_pandas(
+            rows, source=source, name=probe_dataset_name(meta["task"]), digest=meta["digest"]
+        )
+        tags = {k: str(meta[k]) for k in ("task", "split", "rows", "max_length", "seed")}
+        mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)  # infers the schema
+
+
+def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:
+    local_path = Path(local_path)
+    if local_path.is_dir():
+        mlflow.log_artifacts(str(local_path), artifact_path)
+    else:
+        mlflow.log_artifact(str(local_path), artifact_path)
+
+
+def reference_best(task: str, base_model: str) -> tuple[float, int]:
+    """best_B: mean final score of full fine-tuning (k = 0) of `task` from the pretrained
+    `base_model` over the finished, non-diverged runs of the active experiment.
+    Returns (mean, number of runs); (nan, 0) when there are none."""
+    name = _experiment_name()
+    experiment = mlflow.get_experiment_by_name(name) if name else None
+    ids = [experiment.experiment_id] if experiment else None
+    query = (
+        f"tags.{TASK} = '{task}' and tags.{FROZEN_LAYERS} = '0' and tags.{MODE} = 'single' "
+        f"and tags.{SOURCE_TASK} = 'base' and tags.{BASE_MODEL} = '{base_model}' "
+        "and attributes.status = 'FINISHED'"
+    )
+    runs = mlflow.search_runs(
+        experiment_ids=ids, filter_string=query, output_format="list", search_all_experiments=True
+    )
+    scores = [
+        r.data.metrics[FINAL_SCORE]
+        for r in runs
+        if FINAL_SCORE in r.data.metrics and r.data.tags.get(DIVERGED) != "true"
+    ]
+    if not scores:
+        return math.nan, 0
+    return sum(scores) / len(scores), len(scores)
+
+
+def _experiment_name() -> str:
+    run = mlflow.active_run()
+    if run is not None:
+        return mlflow.get_experiment(run.info.experiment_id).name
+    return os.environ.get(env.MLFLOW_EXPERIMENT_NAME, "")
+
+
+# --- the model registry: source models ---
+
+
+def ensure_registered_model(task: str) -> None:
+    """Create `bertrep-<task>` unless it exists; safe when parallel trials race to it."""
+    client = _client()
+    name = registered_model_name(task)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        try:
+            client.create_registered_model(name, tags={TASK: task})
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+def register_model(task: str, source: str, run_id: str, tags: dict, alias: bool = True) -> str:
+    """Register `source` (a logged model's models:/m-... URI, or runs:/<id>/<path>) as a
+    new version of `bertrep-<task>` tagged with `tags` and the run; its models:/ URI.
+    With `alias`, seed<s> (tags[SEED] = s) moves to it: the newest registered (and, as
+    train passes it, not diverged) source of that seed, whatever its base model."""
+    name = registered_model_name(task)
+    ensure_registered_model(task)
+    tags = {k: str(v) for k, v in tags.items()} | {RUN_ID: run_id}
+    logged = source.removeprefix(MODELS_URI) if source.startswith(LOGGED_MODELS_URI) else None
+    version = _client().create_model_version(
+        name, source=source, run_id=run_id, tags=tags, model_id=logged
+    )
+    if alias and SEED in tags:
+        _client().set_registered_model_alias(name, f"seed{tags[SEED]}", version.version)
+    return f"{MODELS_URI}{name}/{version.version}"
+
+
+def is_local_location(location: str) -> bool:
+    """An artifact location on this machine's disk (a path or file: URI), not a store
+    such as mlflow-artifacts:/ (through a server), s3:// or dbfs:/."""
+    scheme = urllib.parse.urlparse(location).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # C:\... is a path
+
+
+def model_bytes(model_uri: str) -> int:
+    """The size MLflow recorded for a logged model (its MLmodel's model_size_bytes)."""
+    return int(mlflow.models.Model.load(model_uri).model_size_bytes or 0)
+
+
+def find_registered(task: str, tags: dict) -> str | None:
+    """The newest registered version of `bertrep-<task>` carrying `tags`, as a
+    models:/ URI, or None."""
+    query = f"name = '{registered_model_name(task)}'" + "".join(
+        f" and tags.{k} = '{v}'" for k, v in tags.items()
+    )
+    versions = _client().search_model_versions(query)
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    return f"{MODELS_URI}{newest.name}/{newest.version}"
+
+
+def find_source(task: str, config_key: str) -> str | None:
+    """The model tuned on `task` alone: the newest registered version of `bertrep-<task>`
+    tagged with the source run's config key (TrainConfig.key()), as a models:/ URI."""
+    return find_registered(task, {CONFIG_KEY: config_key})
+
+
+def download_model(uri: str) -> str:
+    """A local folder holding the checkpoint at an MLflow URI (models:/name/version,
+    models:/name@alias, runs:/id/checkpoint). Downloads are cached by resolved source."""
+    source = uri
+    if uri.startswith(MODELS_URI):
+        name, _, ref = uri[len(MODELS_URI) :].partition("/")
+        if "@" in name:
+            name, alias = name.split("@", 1)
+            version = _client().get_model_version_by_alias(name, alias)
+        elif ref:
+            version = _client().get_model_version(name, ref)
+        else:
+            raise ValueError(f"model URI {uri} names no version: use models:/NAME/VERSION")
+        source = version.source
+    key = hashlib.sha256(f"{mlflow.get_tracking_uri()}|{source}".encode()).hexdigest()[:20]
+    target = env.cache_root() / "models" / key
+    done = target / ".complete"
+    if not done.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target))
+        (target / ".path").write_text(local)
+        done.touch()
+    return (target / ".path").read_text()
+
+
+# --- sweeps: parent runs, trial children, resume ---
+
+SWEEP_NAME = "sweep.name"
+SWEEP_DIGEST = "sweep.digest"  # digest of the spec after overrides: the identity for --resume
+SWEEP_SPEC = "sweep.spec"  # the spec after overrides, as YAML
+SWEEP_RESUMED = "sweep.resumed"  # on an `mlflow run` run that resumed an earlier parent: its id
+RAY_NODE_ID = "ray_node_id"
+RAY_WORKER = "ray_worker"  # hostname:pid of the process that ran the trial
+TRIAL_STARTUP = "trial/startup_s"  # trial start (setup/reset_config) to the first step's end
+TRIAL_INDEX = "trial/worker_index"  # 1 for a worker's first trial, 2 for its second, ...
+SWEEP_TRIALS = "sweep/trials"
+SWEEP_SKIPPED = "sweep/skipped"  # trials whose config key already had a FINISHED run
+SWEEP_FAILED = "sweep/failed"
+SWEEP_ARTIFACT_BYTES = "sweep/artifact_bytes"  # summed over the runs the sweep trained
+SWEEP_SPEC_FILE = "sweep/spec.yaml"
+SWEEP_TRIALS_FILE = "sweep/trials.json"
+SWEEP_KIND_TAG = "sweep.kind"  # single | aufc | forgetting
+SWEEP_RUNS_FILE = "sweep/runs.json"  # config key -> FINISHED run of every trial and source
+
+
+# --- the analysis stage ---
+
+ANALYSIS_KIND = "analysis"  # the KIND of an analysis run
+ANALYSIS_NAME = "analysis.name"
+ANALYSIS_SWEEPS = "analysis.sweeps"  # kind=parent run id,... of the sweeps it read
+TABLES_DIR = "tables"  # tables/<name>.parquet
+FIGURES_DIR = "figures"  # figures/<name>.png and .pdf
+ANALYSIS_SUMMARY = "analysis/summary.md"
+ANALYSIS_SPEC = "analysis/spec.yaml"
+ANALYSIS_TRACEBACK = "analysis/traceback.txt"  # a failed analysis's full traceback
+ANALYSIS_DOWNLOADS = "analysis/downloads"  # activation tables fetched from the store
+ANALYSIS_CACHE_HITS = "analysis/cache_hits"  # ... and found in the local cache
+ANALYSIS_MISSING = "analysis/missing"  # missing inputs listed in the summary
+ANALYSIS_FIGURES = "analysis/figures"  # figure files drawn
+ANALYSIS_SECONDS = "analysis/seconds"
+
+
+def table_artifact(name: str) -> str:
+    return f"{TABLES_DIR}/{name}.parquet"
+
+
+def runs_page(store: str, experiment_id: str) -> str:
+    """How to see an experiment's runs in the MLflow UI (whose default page for an
+    experiment, the GenAI overview, is empty for this project)."""
+    page = f"#/experiments/{experiment_id}/runs"
+    if is_server_uri(store):
+        return f"{store.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {store}, then http://127.0.0.1:5000/{page}"

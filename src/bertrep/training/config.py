@@ -1,0 +1,238 @@
+"""The training configuration: one name per concept, end to end.
+
+A `TrainConfig` field is also the CLI flag (`--frozen_layers`), the MLproject
+parameter, the MLflow param and the sweep key. Every default is here.
+Runtime flags (precision, where to log) are kept apart in `Runtime`.
+
+    python -m bertrep.train --task pos --frozen_layers 3 --save_checkpoint false
+
+A run's identity (`TrainConfig.key`) is what it is, not where its files lie: the data
+it reads and a local `base_model` folder count by content, so either may move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bertrep.data import identity, tasks
+from bertrep.data.identity import MINILM
+from bertrep.errors import InputError
+
+MODES = ("single", "sequential", "shuffled", "extract")
+TWO_TASK_MODES = ("sequential", "shuffled")  # A = source_task, then or mixed with B = task
+# What of a local base_model folder makes the model: config, heads, tokenizer, weights.
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # what to train
+    task: str = "sst2"  # sst2 | stsb | mnli | rte | pos
+    base_model: str = MINILM  # hub id, local folder, `minilm`, or models:/ runs:/ URI
+    source_task: str = "base"  # the task base_model was fine-tuned on ("base": pretrained)
+    frozen_layers: int = 0  # k: embeddings and blocks 1..k frozen (0: nothing frozen)
+    seed: int = 0
+    # two-task training (forgetting): A = source_task, B = task
+    # single | sequential (A, then B) | shuffled (A and B mixed) | extract (no training:
+    # base_model's activations on the probe sets, e.g. the pretrained model's)
+    mode: str = "single"
+    source_steps: int = 0  # sequential: updates on A first, unless base_model has A's head
+    checkpoints: str = "0,0.1,0.3,0.5,0.7,1.0"  # fractions of the B phase scored and probed
+    sampling: str = "proportional"  # shuffled: draw A or B uniform | proportional to size
+    reference_model: str = ""  # shuffled: the model tuned on A alone; empty: the registry
+    # optimisation (Mosbach et al. 2021: AdamW with bias correction, warm-up 10%, then decay)
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_steps: int = 2000
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    # data
+    max_length: int = 128
+    max_train_examples: int = 0  # 0: all; else a seeded subsample
+    max_eval_examples: int = 0  # 0: all; else the first n of the eval split
+    data_dir: str = ""  # local data folder; empty: $BERTREP_DATA_DIR, else the HF hub
+    data_files: str = ""  # other file names per split, "train=a.tsv,validation=b.tsv"
+    # evaluation and probing
+    eval_every: int = 0  # steps between evaluations; 0: only at the end
+    diverge_margin: float = 0.02  # final score not above chance by more: diverged (0: never)
+    best_score: float = 0.0  # best_B for normalization; 0: looked up in MLflow
+    probe_tasks: str = ""  # comma-separated tasks to extract activations on; empty: task
+    probe_tokens: int = 5000  # N tokens per probe set
+    probe_seed: int = 0
+    save_checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode in TWO_TASK_MODES and self.source_task in ("base", self.task):
+            raise InputError(
+                f"mode={self.mode} needs source_task (A) to be a task other than "
+                f"task={self.task}, not {self.source_task!r}"
+            )
+        if self.source_task != "base" and self.source_task not in tasks.TASKS:
+            raise InputError(f"unknown source_task {self.source_task!r}: a task or 'base'")
+        for name in [self.task, *self.probe_task_list]:
+            if name not in tasks.TASKS:
+                known = ", ".join(tasks.TASKS)
+                raise InputError(f"unknown task {name!r}; known tasks: {known}")
+        checks = {
+            "frozen_layers": self.frozen_layers >= 0,
+            "lr": self.lr > 0,
+            "batch_size": self.batch_size > 0,
+            "max_steps": self.max_steps > 0,
+            "max_length": self.max_length >= 8,
+            "warmup_ratio": 0 <= self.warmup_ratio <= 1,
+            "probe_tokens": self.probe_tokens > 0,
+            "max_train_examples": self.max_train_examples >= 0,
+            "max_eval_examples": self.max_eval_examples >= 0,
+            "eval_every": self.eval_every >= 0,
+            "diverge_margin": self.diverge_margin >= 0,
+        }
+        checks["sampling"] = self.sampling in ("uniform", "proportional")
+        checks["source_steps"] = self.source_steps >= 0
+        for name, ok in checks.items():
+            if not ok:
+                raise InputError(f"{name}={getattr(self, name)!r} is out of range")
+        if not all(0 <= f <= 1 for f in self.checkpoint_fractions):
+            raise InputError(f"checkpoints={self.checkpoints!r}: fractions must lie in [0, 1]")
+
+    @property
+    def checkpoint_fractions(self) -> list[float]:
+        try:
+            return [float(f) for f in self.checkpoints.split(",") if f.strip()]
+        except ValueError:
+            raise ValueError(
+                f"checkpoints={self.checkpoints!r} is not a list of fractions"
+            ) from None
+
+    @property
+    def probe_task_list(self) -> list[str]:
+        """The probe tasks: as given, else the run's task (and A's in two-task modes)."""
+        tasks = [t.strip() for t in self.probe_tasks.split(",") if t.strip()]
+        if self.mode in TWO_TASK_MODES:
+            tasks = [t for t in (self.source_task, self.task) if t not in tasks] + tasks
+        return tasks or [self.task]
+
+    def to_params(self) -> dict[str, str]:
+        """Flat string params, as MLflow stores them."""
+        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def registers_source(self) -> bool:
+        """Full fine-tuning from the pretrained model, checkpoint kept: the runs transfer
+        starts from, registered as versions of `bertrep-<task>`."""
+        return (
+            self.mode == "single"
+            and self.source_task == "base"
+            and self.frozen_layers == 0
+            and self.save_checkpoint
+        )
+
+    def source_fields(self) -> dict[str, Any]:
+        """The fields that make a config this run's source: full fine-tuning on its
+        source task (A) from the pretrained `base_model`, with its seed. Any config with
+        these fields `registers_source`."""
+        return {
+            "mode": "single",
+            "task": self.source_task,
+            "seed": self.seed,
+            "source_task": "base",
+            "frozen_layers": 0,
+            "base_model": self.base_model,
+            "save_checkpoint": True,
+        }
+
+    def data_reads(self) -> list[tuple[str, str, str]]:
+        """(task, split, data_files) of every split the run reads: train and eval of its
+        task (and of A in two-task modes), the eval split of each probe task; data_files
+        applies to the run's own task only."""
+        trained = {"single": [self.task], "extract": []}.get(
+            self.mode, [self.source_task, self.task]
+        )
+        splits = {(t, s) for t in trained for s in ("train", tasks.TASKS[t].eval_split)}
+        splits |= {(t, tasks.TASKS[t].eval_split) for t in self.probe_task_list}
+        return sorted((t, s, self.data_files if t == self.task else "") for t, s in splits)
+
+    @property
+    def display_name(self) -> str:
+        """The run as the UI and the sweep progress name it: `stsb from sst2, k=3, seed 0`."""
+        if self.mode == "extract":
+            return f"{Path(self.base_model).name} read out on {', '.join(self.probe_task_list)}"
+        how = {"single": "from", "sequential": "after", "shuffled": "mixed with"}[self.mode]
+        return f"{self.task} {how} {self.source_task}, k={self.frozen_layers}, seed {self.seed}"
+
+    def key(self) -> str:
+        """Digest of the resolved config: the identity of a run for resume and skip.
+        The data (data_dir, data_files) counts by the content of the files read, a local
+        base_model folder by its model files' content: moving either keeps the key."""
+        values = dataclasses.asdict(self)
+        del values["data_dir"], values["data_files"]
+        values["data"] = identity.data_digest(self.data_reads(), self.data_dir)
+        values["base_model"] = identity.model_identity(self.base_model)
+        blob = json.dumps(values, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping (a sweep trial, MLflow params); an unknown key is an error."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InputError(f"unknown training parameter {unknown[0]!r}")
+        return cls(**{k: _coerce(known[k].type, v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to run, not what: never part of a run's identity."""
+
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, none on CPU) | no | bf16 | fp16
+    experiment_name: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME or the active run's
+    progress: bool = True
+    prefix_cache_gb: float = 4.0  # frozen-prefix outputs kept in memory (0: recompute)
+    # all layers frozen from a registered model: reference its run's activation tables
+    # (equal to what this run would extract) instead of extracting them again
+    reuse_tables: bool = True
+
+
+def parse_bool(value: Any) -> bool:
+    """true/false, 1/0, yes/no (any case) or a bool; anything else is an error, not False."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{value!r} is not a boolean")
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _coerce(type_name: Any, value: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else type_name.__name__
+    if kind == "bool":
+        return parse_bool(value)
+    if kind == "int" and isinstance(value, str):
+        number = float(value)  # MLflow may hand over "60.0" for an int parameter
+        if not number.is_integer():
+            raise ValueError(f"{value!r} is not an integer")
+        return int(number)
+    return {"int": int, "float": float, "str": str}[kind](value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One `--field` flag per dataclass field, defaults from the dataclass."""
+    for f in fields(cls):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        parser.add_argument(
+            f"--{f.name}",
+            type=(lambda v, k=kind: _coerce(k, v)),
+            default=f.default,
+            help=f"(default: {f.default!r})",
+        )
+
+
+def from_namespace(args: argparse.Namespace, cls: type) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

@@ -1,0 +1,130 @@
+"""Reading a model out on its probe sets: build the sets, extract every hidden state at
+the probe tokens, write and log the activation tables.
+
+    probes = probe_sets(cfg, tokenizer)                  # [(ProbeSet, Encoded)], one per task
+    states = extract(model, data, probe, pad_id=0)       # (L + 1, N, width) float32
+    log_activations(model, probes, folder, run_id, step, pad_id=0)
+
+Hidden state h = 0..L: h = 0 is the embedding output, h = l the output of block l.
+Tables are written by `activations` (pyarrow and numpy only); this module runs the
+model, so it needs torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from bertrep import tracking
+from bertrep.data import activations
+from bertrep.data.encode import Encoded, collate, encode_cached, tokenizer_digest
+from bertrep.data.probe_sets import ProbeSet, build_probe_set, excluded_ids
+from bertrep.data.tasks import get_task, load_split
+from bertrep.training.config import TrainConfig
+
+Probes = list[tuple[ProbeSet, Encoded]]
+
+
+def probe_sets(cfg: TrainConfig, tokenizer) -> Probes:
+    """The probe set (and its tokenized split) of every probe task, for this tokenizer."""
+    digest = tokenizer_digest(tokenizer)
+    out = []
+    for name in cfg.probe_task_list:
+        spec = get_task(name)
+        # Probe sets never depend on max_eval_examples: every model compared must agree.
+        files = cfg.data_files if name == cfg.task else ""
+        examples, file = load_split(spec, spec.eval_split, data_dir=cfg.data_dir, data_files=files)
+        data = encode_cached(spec, examples, file, tokenizer, cfg.max_length)
+        probe = build_probe_set(
+            data,
+            task=name,
+            split=spec.eval_split,
+            file=file,
+            tokenizer_digest=digest,
+            excluded=excluded_ids(tokenizer),
+            max_length=cfg.max_length,
+            n_tokens=cfg.probe_tokens,
+            seed=cfg.probe_seed,
+        )
+        out.append((probe, data))
+    return out
+
+
+@torch.no_grad()
+def extract(
+    model, data: Encoded, probe: ProbeSet, *, pad_id: int, batch_size: int = 64, device=None
+) -> np.ndarray:
+    """Hidden states at the probe tokens: (L + 1, N, width) float32, rows in probe order.
+
+    Each probed sentence runs once, in batches of similar length (little padding), in
+    float32 with autocast off: the CKA downstream wants the model's own values.
+    """
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    by_sentence = np.argsort(probe.sentence, kind="stable")  # probe rows grouped by sentence
+    sentences, starts = np.unique(probe.sentence[by_sentence], return_index=True)
+    ends = np.append(starts[1:], len(by_sentence))
+    order = np.argsort(data.lengths()[sentences], kind="stable")  # shortest first
+    out = None
+    with torch.autocast(device_type=torch.device(device).type, enabled=False):
+        for first in range(0, len(order), batch_size):
+            chosen = order[first : first + batch_size]  # slots into `sentences`
+            batch = collate(data, sentences[chosen], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            states = torch.stack(model.hidden_states(**batch)).float()  # (L+1, b, t, h)
+            if out is None:
+                out = np.empty((states.shape[0], len(probe), states.shape[-1]), np.float32)
+            rows = np.concatenate([by_sentence[starts[i] : ends[i]] for i in chosen])
+            slot = np.repeat(np.arange(len(chosen)), ends[chosen] - starts[chosen])
+            picked = states[:, torch.as_tensor(slot), torch.as_tensor(probe.position[rows])]
+            out[:, rows] = picked.cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def extract_all(model, probes: Probes, pad_id: int) -> dict[str, np.ndarray]:
+    """{probe task: (L + 1, N, width) states} on every probe set."""
+    return {p.meta["task"]: extract(model, data, p, pad_id=pad_id) for p, data in probes}
+
+
+def log_probe_tables(probes: Probes, folder: Path) -> None:
+    """The probe sets themselves (rows, token ids, what made them) as artifacts, and
+    as the run's dataset inputs (context `probe`, MLflow digest = the probe digest)."""
+    for probe, _ in probes:
+        artifact = tracking.probe_artifact(probe.meta["task"])
+        path = folder / artifact
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = probe.to_table()
+        pq.write_table(table, path)
+        tracking.log_artifact(path, str(Path(artifact).parent))
+        tracking.log_probe_input(table.to_pandas(), probe.meta)
+
+
+def log_activations(
+    model,
+    probes: Probes,
+    folder: Path,
+    run_id: str,
+    step: int,
+    *,
+    pad_id: int,
+    known: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Extract, write and log every hidden state on each probe set at `step` (`known`:
+    states of this model already extracted, by probe task). Returns {probe task:
+    (L + 1, N, width) float32 states}."""
+    out = {}
+    for probe, data in probes:
+        task = probe.meta["task"]
+        states = (known or {}).get(task)
+        if states is None:
+            states = extract(model, data, probe, pad_id=pad_id)
+        path = folder / tracking.activations_dir(task) / tracking.activations_file(step)
+        activations.write_table(path, states, probe, {"run_id": run_id, "step": step})
+        tracking.log_artifact(path, tracking.activations_dir(task))
+        out[task] = states
+    return out
