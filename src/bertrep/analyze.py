@@ -65,18 +65,16 @@ from bertrep.data.tasks import TASKS
 from bertrep.errors import InputError
 from bertrep.maths import transfer
 from bertrep.maths.cka import ESTIMATORS
-from bertrep.sweeps.spec import parse_overrides, read_yaml
+from bertrep.sweeps.spec import KINDS, parse_overrides, read_yaml
 from bertrep.tracking import server
 from bertrep.training.config import parse_bool
-
-SWEEP_KINDS = ("single", "aufc", "forgetting")
 
 
 @dataclass(frozen=True)
 class AnalysisSpec:
     name: str
     experiment: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME, else the project's default
-    sweeps: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SWEEP_KINDS, ""))
+    sweeps: dict[str, str] = field(default_factory=lambda: dict.fromkeys(KINDS, ""))
     tasks: tuple[str, ...] = ("mnli", "stsb", "sst2", "pos")
     base_model: str = ""  # empty: the one model every run starts from
     estimators: tuple[str, ...] = ESTIMATORS  # the first is the headline
@@ -97,11 +95,11 @@ def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
     for key in raw:
         if key not in known:
             raise InputError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
-    sweeps = raw.get("sweeps", dict.fromkeys(SWEEP_KINDS, ""))
+    sweeps = raw.get("sweeps", dict.fromkeys(KINDS, ""))
     if not isinstance(sweeps, dict) or not sweeps:
         raise InputError(f"{source}: sweeps must map a sweep kind to a name, run id or ''")
     for kind in sweeps:
-        if kind not in SWEEP_KINDS:
+        if kind not in KINDS:
             raise InputError(f"{source}: unknown sweep kind {kind!r} in sweeps")
     tasks = tuple(raw.get("tasks", AnalysisSpec.tasks))
     for task in tasks:

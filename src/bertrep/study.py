@@ -27,10 +27,9 @@ from pathlib import Path
 from bertrep import env, tracking
 from bertrep.analysis import collect
 from bertrep.sweeps.progress import duration
+from bertrep.sweeps.spec import KINDS, SETTINGS
 from bertrep.tracking import server
 
-SETTINGS = ("smoke", "quick", "paper")
-SWEEPS = ("single", "aufc", "forgetting")
 PROJECT = Path(__file__).resolve().parents[2]  # the repository: MLproject, sweeps/, analysis/
 STAGE_STOP_TIMEOUT_S = 300.0  # for an interrupted stage to end its runs
 HEADLINE = ("Mean-CKA", "AuFC\n", "Does representation similarity predict transfer?")
@@ -41,7 +40,7 @@ def stages(setting: str, overrides: str) -> list[tuple[str, list[str]]]:
     mlflow = str(Path(sys.executable).parent / "mlflow")
     run = [mlflow, "run", str(PROJECT), "--env-manager", "local", "-e"]
     out = []
-    for kind in SWEEPS:
+    for kind in KINDS:
         spec = PROJECT / "sweeps" / setting / f"{kind}.yaml"
         out.append((f"sweep {kind}", [*run, f"sweep_{kind}", "-P", f"spec={spec}",
                                       "-P", f"overrides={overrides}"]))  # fmt: skip

@@ -59,6 +59,7 @@ class TaskSpec:
     kind: str
     metric: str
     eval_split: str
+    display_name: str = ""  # how figures and tables name it (SST-2); else its name
     text_columns: tuple[str, ...] = ()
     label_column: str = "label"
     labels: tuple[str, ...] = ()
@@ -86,6 +87,7 @@ TASKS: dict[str, TaskSpec] = {
     for spec in (
         TaskSpec(
             name="sst2",
+            display_name="SST-2",
             kind="classification",
             metric="accuracy",
             eval_split="validation",
@@ -99,6 +101,7 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             name="stsb",
+            display_name="STS-B",
             kind="regression",
             metric="pearson",
             eval_split="validation",
@@ -112,6 +115,7 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             name="mnli",
+            display_name="MNLI",
             kind="classification",
             metric="accuracy",
             eval_split="validation_matched",
@@ -137,6 +141,7 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             name="rte",
+            display_name="RTE",
             kind="classification",
             metric="accuracy",
             eval_split="validation",
@@ -150,6 +155,7 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             name="pos",
+            display_name="POS",
             kind="tagging",
             metric="accuracy",
             eval_split="validation",
@@ -168,6 +174,12 @@ TASKS: dict[str, TaskSpec] = {
         ),
     )
 }
+
+
+def display_name(task: str) -> str:
+    """How a person names a task (SST-2) or the pretrained model's row (base)."""
+    spec = TASKS.get(task)
+    return (spec.display_name or spec.name) if spec else task
 
 
 def get_task(name: str) -> TaskSpec:

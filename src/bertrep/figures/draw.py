@@ -25,22 +25,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bertrep.analysis import cells
-from bertrep.analysis import collect
-from bertrep import env
-from bertrep.tracking import server
-from bertrep import tracking
+from bertrep import env, tracking
+from bertrep.analysis import cells, collect
 from bertrep.analysis.cells import has_values
+from bertrep.analysis.summary import headline_matrices
+from bertrep.analysis.tables import matrix
+from bertrep.data.tasks import TASKS
 from bertrep.figures.forgetting import forgetting_figures
+from bertrep.figures.plots import draw_matrix, headline, heatmap, name, save
 from bertrep.figures.uncertainty import (
     interval_figures,
     predictor_figure,
     rogue_figure,
     subgroup_figure,
 )
-from bertrep.figures.plots import NAMES, draw_matrix, headline, heatmap, name, save
-from bertrep.analysis.summary import headline_matrices
-from bertrep.analysis.tables import matrix
+from bertrep.tracking import server
 
 
 def task_profile_figures(tables: dict, folder: Path, tasks) -> list[Path]:
@@ -252,7 +251,7 @@ def redraw(run_id: str, out: Path) -> list[Path]:
     run = collect.analysis_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         tables = collect.read_tables(run.info.run_id, Path(tmp))
-    tasks = [t for t in NAMES if t != "base" and (tables["runs"].task == t).any()]
+    tasks = [t for t in TASKS if (tables["runs"].task == t).any()]
     order = yaml_tasks(run) or tasks
     with tempfile.TemporaryDirectory() as tmp:  # log what this call drew, nothing older
         drawn = draw_all(tables, Path(tmp), order)

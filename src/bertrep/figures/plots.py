@@ -17,20 +17,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bertrep.analysis import cells
+from bertrep.data.tasks import display_name
 
 CMAP = "viridis"
-NAMES = {
-    "mnli": "MNLI",
-    "stsb": "STS-B",
-    "sst2": "SST-2",
-    "pos": "POS",
-    "rte": "RTE",
-    "base": "base",
-}
 
 
 def name(task: str) -> str:
-    return NAMES.get(task, task)
+    """A task's display name (SST-2), as its spec gives it; base and others as they are."""
+    return display_name(task)
 
 
 def save(fig, folder: Path, name: str) -> list[Path]:

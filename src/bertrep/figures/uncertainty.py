@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from bertrep.figures.plots import draw_matrix, name, save
 from bertrep.analysis.summary import flagged
 from bertrep.analysis.tables import labels, matrix
+from bertrep.figures.plots import draw_matrix, name, save
 
 
 def interval_figures(tables: dict, folder: Path, tasks) -> list[Path]:

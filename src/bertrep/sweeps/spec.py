@@ -32,7 +32,8 @@ from bertrep.data.tasks import TASKS
 from bertrep.errors import InputError
 from bertrep.training.config import TrainConfig
 
-KINDS = ("single", "aufc", "forgetting")
+KINDS = ("single", "aufc", "forgetting")  # the kinds of sweep: MLproject's sweep_<kind>
+SETTINGS = ("smoke", "quick", "paper")  # sweeps/<setting>/<kind>.yaml, analysis/<setting>.yaml
 SPEC_KEYS = ("kind", "name", "description", "fixed", "grid", "per_task", "sources", "resources")
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 SOURCE_FIELDS = tuple(TrainConfig().source_fields())  # a source's own: `sources` cannot set
