@@ -34,6 +34,12 @@ def pytest_itemcollected(item):
     # as each test is collected: xdist reads the groups in its collection_modifyitems
     if _in_ray_group(item):
         item.add_marker(pytest.mark.xdist_group("ray"))
+        item.add_marker(pytest.mark.ray)
+    # what a test needs, as markers to select a slice by (-m data, -m browser, ...)
+    if {"data_dir", "smoke_study"} & set(item.fixturenames):
+        item.add_marker(pytest.mark.data)
+    if item.module.__name__.rpartition(".")[2] == "test_ui":
+        item.add_marker(pytest.mark.browser)
 
 
 @pytest.hookimpl(optionalhook=True)

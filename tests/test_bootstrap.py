@@ -210,3 +210,16 @@ def test_bad_input_is_one_clear_error():
         seed_band(np.zeros((2, 1, 1)))
     with pytest.raises(ValueError, match="level"):
         percentile_interval(np.zeros((3, 1)), level=1.5)
+
+
+def test_bootstrap_mean_leaves_missing_values_out_and_continues_a_generator():
+    with_gap = bootstrap_mean(np.array([0.2, np.nan, 0.4]), replicates=200, seed=3)
+    np.testing.assert_array_equal(with_gap, bootstrap_mean(np.array([0.2, 0.4]), 200, 3))
+    assert np.isnan(bootstrap_mean(np.array([np.nan]), 4, 0)).all()
+    # cells drawn in turn from one generator: the stream its seed would give
+    rng = np.random.default_rng(7)
+    first, second = bootstrap_mean([1.0, 2.0], 5, rng), bootstrap_mean([3.0, 5.0, 8.0], 5, rng)
+    again = np.random.default_rng(7)
+    draws = [again.integers(0, 2, (5, 2)), again.integers(0, 3, (5, 3))]
+    np.testing.assert_array_equal(first, np.array([1.0, 2.0])[draws[0]].mean(1))
+    np.testing.assert_array_equal(second, np.array([3.0, 5.0, 8.0])[draws[1]].mean(1))

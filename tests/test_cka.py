@@ -259,6 +259,7 @@ def test_torch_cpu_matches_numpy(rng, debiased):
     assert got == pytest.approx(expected_half[0, 0], abs=1e-12)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("debiased", [False, True])
 def test_torch_cuda_matches_numpy(rng, debiased):

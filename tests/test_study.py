@@ -65,6 +65,9 @@ def test_stages_are_the_readmes_commands():
     aufc = stages[1][1]
     assert aufc[1:3] == ["run", str(study.PROJECT)] and "sweep_aufc" in aufc
     assert f"spec={study.PROJECT / 'sweeps' / 'quick' / 'aufc.yaml'}" in aufc
+    # every stage logs into the study's own experiment, not MLflow's Default
+    for _, cmd in stages:
+        assert cmd[cmd.index("--experiment-name") + 1] == "bertrep-quick"
 
 
 @pytest.mark.slow
@@ -86,6 +89,11 @@ def test_smoke_study_ends_with_headline_figures_and_ui(smoke_study):
     run_id = re.search(r"summary: runs:/(\w+)/", tail).group(1)
     client = MlflowClient(smoke_study["env"][env.MLFLOW_TRACKING_URI])
     logged = Path(client.get_run(run_id).info.artifact_uri) / tracking.FIGURES_DIR
+    # the study's runs, sweeps and analysis alike, are in its own experiment
+    experiment = client.get_experiment_by_name("bertrep-smoke")
+    parents = client.search_runs([experiment.experiment_id], f"tags.`{tracking.KIND}` = 'sweep'")
+    assert client.get_run(run_id).info.experiment_id == experiment.experiment_id
+    assert len(parents) == 3
     assert sorted(p.name for p in logged.iterdir()) == sorted(p.name for p in figures.iterdir())
     assert f"\n{len(list(logged.iterdir()))} files\n" in out
     # one tracking server for every stage, whose links die with it: the stages link to

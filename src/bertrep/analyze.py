@@ -65,7 +65,7 @@ from bertrep.data.tasks import TASKS
 from bertrep.errors import InputError
 from bertrep.maths import transfer
 from bertrep.maths.cka import ESTIMATORS
-from bertrep.sweeps.spec import KINDS, parse_overrides, read_yaml
+from bertrep.sweeps.spec import KINDS, SETTINGS, parse_overrides, read_yaml
 from bertrep.tracking import server
 from bertrep.training.config import parse_bool
 
@@ -185,7 +185,7 @@ def collect(spec: AnalysisSpec, store: Store) -> tuple[dict[str, str], list[Trai
         try:
             parent = store.sweep(kind, ref)
         except MissingInput as error:
-            missing.append(Missing("sweep", str(error), sweep_command(kind)))
+            missing.append(Missing("sweep", str(error), kind))
             continue
         parents[kind] = parent.info.run_id
         for run in store.sweep_runs(parent):
@@ -195,7 +195,7 @@ def collect(spec: AnalysisSpec, store: Store) -> tuple[dict[str, str], list[Trai
         raise MissingInput(
             f"analysis {spec.name}: no finished training runs in the sweeps it names "
             f"({named}); "
-            f"run a sweep first, e.g. {sweep_command('aufc')}"
+            f"run a sweep first, e.g. {sweep_command('aufc', _setting(spec))}"
         )
     return parents, _one_base_model(spec, list(runs.values())), missing
 
@@ -259,11 +259,18 @@ def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
             "predictors", shootout, out, inputs.tasks, spec.bootstrap
         )
     table("missing", _missing_cells, inputs, out)
-    out["missing"] = typed(
-        pd.DataFrame([dataclasses.asdict(m) for m in inputs.missing]).drop_duplicates(),
-        {"what": TEXT, "detail": TEXT, "command": TEXT},
-    )
+    rows = [{"what": m.what, "detail": m.detail, "command": sweep_command(m.kind, inputs.setting)}
+            for m in inputs.missing]  # fmt: skip
+    out["missing"] = typed(pd.DataFrame(rows).drop_duplicates(), MISSING_COLUMNS)
     return out
+
+
+MISSING_COLUMNS = {"what": TEXT, "detail": TEXT, "command": TEXT}
+
+
+def _setting(spec: AnalysisSpec) -> str:
+    """The shipped setting an analysis spec is of (its name: smoke, quick, paper), else ""."""
+    return spec.name if spec.name in SETTINGS else ""
 
 
 def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:
@@ -285,7 +292,7 @@ def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:
             if why == cells.MISSING:
                 why = "source = target: not in the sweep's grid" if source == target else "no runs"
             detail = f"{source}->{target}: {why}"
-            inputs.missing.append(Missing(name, detail, sweep_command("aufc")))
+            inputs.missing.append(Missing(name, detail, "aufc"))
 
 
 def _run_row(run: TrainRun) -> dict:
@@ -397,7 +404,8 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
     store = Store(spec.experiment)
     parents, runs, missing = collect(spec, store)
     intervals = Intervals(spec.bootstrap) if spec.bootstrap.replicates else None
-    inputs = Inputs(runs, store, spec.tasks, spec.estimators, spec.embeddings, missing, intervals)
+    inputs = Inputs(runs, store, spec.tasks, spec.estimators, spec.embeddings, missing, intervals,
+                    setting=_setting(spec))  # fmt: skip
     tags = {
         tracking.KIND: tracking.ANALYSIS_KIND,
         tracking.ANALYSIS_NAME: spec.name,

@@ -36,9 +36,11 @@ HEADLINE = ("Mean-CKA", "AuFC\n", "Does representation similarity predict transf
 
 
 def stages(setting: str, overrides: str) -> list[tuple[str, list[str]]]:
-    """(name, command) of every stage, in order."""
+    """(name, command) of every stage, in order, each logging into the study's experiment."""
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    run = [mlflow, "run", str(PROJECT), "--env-manager", "local", "-e"]
+    experiment = tracking.study_experiment(setting)
+    run = [mlflow, "run", str(PROJECT), "--env-manager", "local",
+           "--experiment-name", experiment, "-e"]  # fmt: skip
     out = []
     for kind in KINDS:
         spec = PROJECT / "sweeps" / setting / f"{kind}.yaml"
@@ -125,10 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault(env.MLFLOW_ARTIFACTS_PROGRESS_BAR, "false")  # a bar per download
     signal.signal(signal.SIGTERM, _terminate)
     store = server.store_uri()
-    if not tracking.is_server_uri(store):
-        # made here, not by the server: its Default experiment (the one `mlflow run` uses)
-        # keeps artifacts in a local folder, as when `mlflow run` made the store
-        tracking.mlflow.MlflowClient(store).search_experiments()
+    experiment = tracking.study_experiment(args.setting)
+    client = tracking.mlflow.MlflowClient(store)
+    if not tracking.is_server_uri(store) and client.get_experiment_by_name(experiment) is None:
+        # made here, not by the server: the study's experiment keeps artifacts in a local
+        # folder, as one `mlflow run` makes on the store does (runs an earlier study left
+        # in Default are still found: sweeps skip finished config keys in any experiment)
+        client.create_experiment(experiment)
     figures = Path(args.figures)
     took: dict[str, float] = {}
     began = time.monotonic()

@@ -23,7 +23,7 @@ import pandas as pd
 from bertrep.analysis.cells import FLOAT, INT, TEXT, typed
 from bertrep.analysis.collect import MissingInput, TrainRun
 from bertrep.analysis.probe_labels import probe_labels
-from bertrep.analysis.tables import Inputs, Missing, sweep_command
+from bertrep.analysis.tables import Inputs, Missing
 from bertrep.data import activations
 from bertrep.maths.cka import cka_profile, cka_profiles
 from bertrep.maths.rogue import dimension_share_profile, standardize, variance_shares
@@ -57,7 +57,7 @@ def _pair_states(inputs: Inputs, x: TrainRun, y: TrainRun, task: str, digest: st
 
 
 def _skip(inputs: Inputs, what: str, error: Exception) -> None:
-    inputs.missing.append(Missing(what, str(error), sweep_command("aufc")))
+    inputs.missing.append(Missing(what, str(error), "aufc"))
 
 
 def rogue_tables(inputs: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -114,7 +114,7 @@ def subgroup_profiles(inputs: Inputs, min_tokens: int = 100) -> pd.DataFrame:
                 task, owner.probe_digests.get(task, ""), owner.root_model, owner.params
             )
         except MissingInput as error:
-            inputs.missing.append(Missing("subgroups", str(error), sweep_command("single")))
+            inputs.missing.append(Missing("subgroups", str(error), "single"))
             continue
         groups = {g: labels.group == g for g in ("first", "continuation")}
         if labels.kind == "tagging":

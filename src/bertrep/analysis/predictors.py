@@ -26,9 +26,9 @@ from bertrep.analysis.collect import MissingInput
 from bertrep.analysis.intervals import BootstrapRule
 from bertrep.analysis.probe_labels import ProbeLabels, probe_labels
 from bertrep.analysis.profiles import source_models
-from bertrep.analysis.tables import BASE, Inputs, Missing, sweep_command
+from bertrep.analysis.tables import BASE, Inputs, Missing
 from bertrep.data import activations
-from bertrep.maths.bootstrap import percentile_interval
+from bertrep.maths.bootstrap import bootstrap_mean, percentile_interval
 from bertrep.maths.logme import logme
 
 PREDICTORS = ("mean_cka", "diag_cka", "logme")
@@ -46,7 +46,7 @@ def logme_table(inputs: Inputs) -> pd.DataFrame:
         try:
             labels = _labels(inputs, target, owners[0])
         except MissingInput as error:
-            inputs.missing.append(Missing("LogME", str(error), sweep_command("single")))
+            inputs.missing.append(Missing("LogME", str(error), "single"))
             continue
         for source in (*inputs.tasks, BASE):
             if source == target:
@@ -55,14 +55,14 @@ def logme_table(inputs: Inputs) -> pd.DataFrame:
                 try:
                     path = inputs.store.activations(model, target)
                 except MissingInput as error:
-                    inputs.missing.append(Missing("LogME", str(error), sweep_command("aufc")))
+                    inputs.missing.append(Missing("LogME", str(error), "aufc"))
                     continue
                 digest = activations.read_meta(path)["probe_digest"]
                 if digest != labels.digest:
                     what = (
                         f"{model.label} on {target}: probe set {digest}, labels of {labels.digest}"
                     )
-                    inputs.missing.append(Missing("LogME", what, sweep_command("aufc")))
+                    inputs.missing.append(Missing("LogME", what, "aufc"))
                     continue
                 try:
                     states = activations.read_layers(path, [model.num_layers])
@@ -70,7 +70,7 @@ def logme_table(inputs: Inputs) -> pd.DataFrame:
                     value = logme(x, y, regression=labels.kind == "regression")
                 except ValueError as error:  # a bad table, or features LogME cannot score
                     what = f"{model.label} on {target}: {error}"
-                    inputs.missing.append(Missing("LogME", what, sweep_command("aufc")))
+                    inputs.missing.append(Missing("LogME", what, "aufc"))
                     continue
                 rows.append(
                     {"source": source, "target": target, "run_id": model.run_id,
@@ -202,12 +202,10 @@ SCOPES = ("all cells", "within target")
 
 def _resampled_means(groups: list, replicates: int, rng) -> np.ndarray:
     """(B, cells): each cell's values (its seeds or models) drawn with replacement and
-    averaged, B times."""
-    out = np.empty((replicates, len(groups)))
-    for c, values in enumerate(groups):
-        values = np.asarray(values, dtype=np.float64)
-        out[:, c] = values[rng.integers(0, len(values), (replicates, len(values)))].mean(1)
-    return out
+    averaged, B times, the cells in turn from one generator (maths.bootstrap)."""
+    if not groups:
+        return np.empty((replicates, 0))
+    return np.stack([bootstrap_mean(v, replicates, rng) for v in groups], axis=1)
 
 
 def _correlate(cells, predictor, outcome, per_seed, per_model, rule, rng) -> list[dict]:

@@ -25,7 +25,7 @@ from bertrep.analysis import cells
 from bertrep.analysis.cells import FLAG, FLOAT, INT, TEXT, typed
 from bertrep.analysis.collect import MissingInput, TrainRun
 from bertrep.analysis.intervals import Band, mean_cka_interval
-from bertrep.analysis.tables import BASE, Inputs, Missing, learned_best, sweep_command
+from bertrep.analysis.tables import BASE, Inputs, Missing, learned_best
 from bertrep.data import activations
 from bertrep.data.tasks import get_task
 from bertrep.maths import transfer
@@ -160,9 +160,7 @@ def task_profiles(inputs: Inputs) -> list[dict]:
             pairs.append(("seeds", ok[0], ok[1]))
         else:
             inputs.missing.append(
-                Missing(
-                    "profile", f"{task}: two seeds of full fine-tuning", sweep_command("single")
-                )
+                Missing("profile", f"{task}: two seeds of full fine-tuning", "single")
             )
         if ok and failed:
             same_seed = [r for r in ok if r.seed == failed[0].seed] or ok
@@ -178,9 +176,9 @@ def _guarded(inputs: Inputs, sweep: str, build, *args, **kwargs) -> list[dict]:
     try:
         return list(build(*args, **kwargs))
     except MissingInput as error:
-        inputs.missing.append(Missing("activations", str(error), sweep_command(sweep)))
+        inputs.missing.append(Missing("activations", str(error), sweep))
     except activations.TableError as error:
-        inputs.missing.append(Missing("comparable tables", str(error), sweep_command(sweep)))
+        inputs.missing.append(Missing("comparable tables", str(error), sweep))
     return []
 
 
@@ -228,7 +226,7 @@ def _mean_cka_column(inputs: Inputs, target: str) -> tuple[list[dict], list[dict
         status = cells.SINGLE_SEED if targets else inputs.source_status(target)
         status = cells.MISSING if status == cells.OK else status
         what = f"column {target}: needs two seeds of full fine-tuning ({status})"
-        inputs.missing.append(Missing("Mean-CKA", what, sweep_command("aufc")))
+        inputs.missing.append(Missing("Mean-CKA", what, "aufc"))
         return _empty_cells(inputs, target, every_source, status), []
     self_rows = []
     for a, b in itertools.combinations(targets, 2):
@@ -248,7 +246,7 @@ def _mean_cka_column(inputs: Inputs, target: str) -> tuple[list[dict], list[dict
             status = cells.MISSING if status == cells.OK else status
             what = "the pretrained model's extract run" if source == BASE else f"{source} sources"
             detail = f"{source}->{target}: {what} on {target}'s probe set ({status})"
-            inputs.missing.append(Missing("Mean-CKA", detail, sweep_command("aufc")))
+            inputs.missing.append(Missing("Mean-CKA", detail, "aufc"))
             found += _empty_cells(inputs, target, [source], status)
             continue
         profiles += cross_rows
@@ -292,7 +290,7 @@ def _mean_cka_cells(inputs: Inputs, source, target, models, cross_rows, self_row
             layers = sorted({*undefined.hidden_x, *undefined.hidden_y})
             what = (f"{source}->{target} ({estimator}): CKA undefined at {len(undefined)} "
                     f"profile cells (a constant layer? hidden states {layers[:6]})")  # fmt: skip
-            inputs.missing.append(Missing("Mean-CKA", what, sweep_command("aufc")))
+            inputs.missing.append(Missing("Mean-CKA", what, "aufc"))
             out.append(row | {"status": cells.UNDEFINED})
             continue
         value = transfer.mean_cka(_stack(c), _stack(s))

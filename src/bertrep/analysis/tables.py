@@ -26,17 +26,19 @@ from bertrep.analysis.collect import Store, TrainRun
 from bertrep.analysis.intervals import Intervals
 from bertrep.data.tasks import get_task
 from bertrep.maths import transfer
+from bertrep.sweeps.spec import SETTINGS
 
 BASE = tracking.BASE_SOURCE  # the row of the pretrained model
 
 
 @dataclass
 class Missing:
-    """What the analysis could not find, and the command that would produce it."""
+    """What the analysis could not find, and the kind of sweep that would produce it (the
+    `missing` table gives its command, `sweep_command`)."""
 
     what: str
     detail: str
-    command: str
+    kind: str = "aufc"  # single | aufc | forgetting
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Inputs:
     embeddings: bool  # whether hidden state 0 (the embedding output) joins the profiles
     missing: list[Missing]
     intervals: Intervals | None = None  # bootstrap replicates of the profiles, if asked
+    setting: str = ""  # the shipped setting analysed (sweeps/<setting>/), for commands
     place: list[str] = field(default_factory=list)  # what is being computed, outermost first
     failed_at: str = ""  # where the first error was raised (the analysis's one-line report)
 
@@ -106,8 +109,11 @@ def _setting(run: TrainRun) -> tuple:
     return tuple(sorted((k, v) for k, v in run.params.items() if k not in skip))
 
 
-def sweep_command(kind: str) -> str:
-    return f"mlflow run . -e sweep_{kind} --env-manager local -P spec=sweeps/quick/{kind}.yaml"
+def sweep_command(kind: str, setting: str = "") -> str:
+    """The command that runs a sweep of `kind` for the setting analysed (sweeps/<setting>/),
+    or for the user's own spec where the analysis is of no shipped setting."""
+    spec = f"sweeps/{setting}/{kind}.yaml" if setting in SETTINGS else f"<your {kind} sweep spec>"
+    return f"mlflow run . -e sweep_{kind} --env-manager local -P spec={spec}"
 
 
 # --- scores: best_B, the transfer grid, AuFC ---
@@ -133,14 +139,14 @@ def best_scores(inputs: Inputs) -> pd.DataFrame:
                 if status == cells.DIVERGED
                 else "no k=0 run from the pretrained model"
             )
-            inputs.missing.append(Missing("best_B", f"{task}: {detail}", sweep_command("aufc")))
+            inputs.missing.append(Missing("best_B", f"{task}: {detail}", "aufc"))
             rows.append(row | {"status": status})
             continue
         best, chance = float(np.mean([r.final_score for r in runs])), runs[0].chance
         status = cells.target_status(best, chance)
         if status != cells.OK:
             what = f"{task}: best_B {best:.4f} vs chance {chance:.4f}: {cells.MEANING[status]}"
-            inputs.missing.append(Missing("best_B", what, sweep_command("aufc")))
+            inputs.missing.append(Missing("best_B", what, "aufc"))
         rows.append(row | {"best": best, "chance": chance, "status": status,
                            "run_ids": ",".join(r.run_id for r in runs)})  # fmt: skip
     return typed(rows, BEST_COLUMNS)
@@ -296,7 +302,7 @@ def _cell_status(inputs: Inputs, source: str, target_status: str) -> str:
 
 
 def _missing(inputs: Inputs, what: str, detail: str, kind: str = "aufc") -> None:
-    inputs.missing.append(Missing(what, detail, sweep_command(kind)))
+    inputs.missing.append(Missing(what, detail, kind))
 
 
 def _seed_grids(inputs, source, target, group: pd.DataFrame, ks) -> dict[int, pd.DataFrame]:

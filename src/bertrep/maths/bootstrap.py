@@ -230,12 +230,19 @@ def _quantiles(reps: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.where((count > 0) & np.isfinite(q), out, np.nan)
 
 
-def bootstrap_mean(values: np.ndarray, replicates: int, seed: int) -> np.ndarray:
-    """(B,) means of `values` (S,) resampled with replacement (e.g. an AuFC cell over its
-    seeds). One value gives B copies of it: no spread can be seen from one seed."""
+def bootstrap_mean(
+    values: np.ndarray, replicates: int, seed: int | np.random.Generator
+) -> np.ndarray:
+    """(B,) means of the finite `values` (S,) resampled with replacement (e.g. an AuFC cell
+    over its seeds; a seed without a value is left out). One value gives B copies of it:
+    no spread can be seen from one seed; none gives B NaNs. `seed` may be a generator, whose
+    stream the draws continue (several cells resampled in turn)."""
     values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or not len(values):
-        raise ValueError(f"values must be a non-empty 1-D array; got {values.shape}")
+    if values.ndim != 1:
+        raise ValueError(f"values must be a 1-D array; got {values.shape}")
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return np.full(replicates, np.nan)
     rng = np.random.default_rng(seed)
     return values[rng.integers(0, len(values), size=(replicates, len(values)))].mean(axis=1)
 

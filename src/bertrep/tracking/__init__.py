@@ -42,6 +42,13 @@ mlflow = _OnFirstUse("mlflow")
 
 DEFAULT_EXPERIMENT = "bertrep"
 
+
+def study_experiment(setting: str) -> str:
+    """The experiment a study's stages log into (bertrep-quick), so that two settings in
+    one store stay apart in the UI."""
+    return f"{DEFAULT_EXPERIMENT}-{setting}"
+
+
 # URI schemes
 MODELS_URI = "models:/"  # models:/<name>/<version>, models:/<name>@<alias>
 LOGGED_MODELS_URI = "models:/m-"  # models:/<model id>: a logged model, not a registered one
