@@ -26,16 +26,16 @@ sys.path.insert(0, str(REPO / "src"))
 
 # (label, module file, function) of the parts the new outputs add
 PARTS = [
-    ("profile intervals", "intervals.py", "profile"),
-    ("AuFC intervals", "intervals.py", "aufc_intervals"),
-    ("rogue dimensions", "diagnostics.py", "rogue_tables"),
-    ("subgroup profiles", "diagnostics.py", "subgroup_profiles"),
-    ("LogME", "predictors.py", "logme_table"),
-    ("shoot-out", "predictors.py", "shootout"),
-    ("interval figures", "figures_uncertainty.py", "interval_figures"),
-    ("predictor figure", "figures_uncertainty.py", "predictor_figure"),
-    ("rogue figure", "figures_uncertainty.py", "rogue_figure"),
-    ("subgroup figure", "figures_uncertainty.py", "subgroup_figure"),
+    ("profile intervals", "analysis/intervals.py", "profile"),
+    ("AuFC intervals", "analysis/intervals.py", "aufc_intervals"),
+    ("rogue dimensions", "analysis/diagnostics.py", "rogue_tables"),
+    ("subgroup profiles", "analysis/diagnostics.py", "subgroup_profiles"),
+    ("LogME", "analysis/predictors.py", "logme_table"),
+    ("shoot-out", "analysis/predictors.py", "shootout"),
+    ("interval figures", "figures/uncertainty.py", "interval_figures"),
+    ("predictor figure", "figures/uncertainty.py", "predictor_figure"),
+    ("rogue figure", "figures/uncertainty.py", "rogue_figure"),
+    ("subgroup figure", "figures/uncertainty.py", "subgroup_figure"),
 ]
 
 

@@ -29,13 +29,13 @@ sys.path.insert(0, str(REPO / "src"))
 
 # (label, bertrep function): the phases of train.run, in the order a run meets them
 PHASES = [
-    ("model load", "model.py", "load_model"),
-    ("data load + tokenize", "loop.py", "load_task_data"),
-    ("probe sets", "probing.py", "probe_sets"),
-    ("probe tables + inputs", "probing.py", "log_probe_tables"),
-    ("updates", "loop.py", "optimise"),
-    ("evaluation", "loop.py", "log_eval"),
-    ("activations", "probing.py", "log_activations"),
+    ("model load", "training/model.py", "load_model"),
+    ("data load + tokenize", "training/loop.py", "load_task_data"),
+    ("probe sets", "training/readout.py", "probe_sets"),
+    ("probe tables + inputs", "training/readout.py", "log_probe_tables"),
+    ("updates", "training/loop.py", "optimise"),
+    ("evaluation", "training/loop.py", "log_eval"),
+    ("activations", "training/readout.py", "log_activations"),
     ("model / checkpoint", "train.py", "log_checkpoint"),
 ]
 
