@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data folder, tiny random BERTs, a throwaway MLflow store."""
+"""Shared fixtures: the real data folder, tiny random BERTs, a throwaway MLflow store, and
+the smoke study (MiniLM) as `make demo SETTING=smoke` builds it."""
 
 from __future__ import annotations
 

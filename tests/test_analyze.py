@@ -1,5 +1,5 @@
 """The analysis stage: strict specs, then end to end on a store filled by the three smoke
-sweeps (tiny BERT, real subsampled data, real Ray, a real MLflow server): every table and
+sweeps (MiniLM, real subsampled data, real Ray, a real MLflow server): every table and
 figure, one Mean-CKA and one AuFC cell recomputed here by an independent path, a second
 analysis that downloads nothing, the missing-input report, and `figures` from the tables."""
 

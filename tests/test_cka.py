@@ -1,4 +1,4 @@
-"""bertrep.cka: identities, invariances, agreement with an independent Gram-space formula,
+"""bertrep.maths.cka: identities, invariances, agreement with an independent Gram-space formula,
 streaming = in-memory, numpy = torch, and the input guards.
 
     pytest tests/test_cka.py

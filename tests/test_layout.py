@@ -21,7 +21,7 @@ LAYERS = (
     ("sweeps",),  # sweep specs, a sweep's runs in MLflow, progress lines
     ("analysis",),  # what the analysis reads, its tables, intervals, summary
     ("figures",),  # every figure from the analysis tables
-    ("train", "sweep", "analyze", "study", "tasks", "cli", "__main__", "__init__"),
+    ("train", "sweep", "analyze", "study", "tasks", "cli", "__main__", "__init__", "bertrep"),
 )
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
@@ -40,10 +40,13 @@ def modules() -> list[tuple[str, Path]]:
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
-    """(line, bertrep.module) of every import of a project module in the file."""
+    """(line, bertrep.module) of every import of a project module in the file; a relative
+    import is refused (it would hide its target from this check)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}:{node.lineno}: a relative import; write bertrep.<...>")
+        if isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "bertrep":
                 found += [(node.lineno, f"bertrep.{a.name}") for a in node.names]
             elif node.module.startswith("bertrep."):
@@ -80,6 +83,10 @@ def test_an_arrow_back_up_is_found_even_inside_a_function(tmp_path):
         "from bertrep.maths import transfer\n"
         "def draw():\n    from bertrep import analyze\n    return analyze\n"
     )
+    relative = tmp_path / "relative.py"
+    relative.write_text("from .cells import typed\n")
+    with pytest.raises(AssertionError, match="relative import"):
+        imports(relative)
     assert violations("bertrep.analysis.tables", module) == [
         "bertrep.analysis.tables (line 3) imports bertrep.analyze, a layer above it"
     ]

@@ -1,4 +1,4 @@
-"""bertrep.logme against the direct formula at its optimum, invariances and bad input.
+"""bertrep.maths.logme against the direct formula at its optimum, invariances and bad input.
 
 pytest tests/test_logme.py
 """

@@ -267,7 +267,7 @@ def expect_labels(case: Case, tables) -> None:
             elif target in case.below_chance:
                 assert best.status == status == k0_status == cells.NOT_LEARNED
             elif target in case.diverged:
-                assert best.status == cells.DIVERGED
+                assert best.status == status == k0_status == cells.DIVERGED
             elif source in case.diverged:
                 assert status == k0_status == cells.DIVERGED
             elif target in case.no_last_k:
@@ -283,8 +283,10 @@ def expect_labels(case: Case, tables) -> None:
                 assert mc_status == cells.SINGLE_SEED
             elif source in case.diverged:
                 assert mc_status == cells.DIVERGED
-            elif target in case.no_tables or case.constant_layer is not None:
-                assert mc_status in (cells.MISSING, cells.UNDEFINED) and np.isnan(mc)
+            elif target in case.no_tables:
+                assert mc_status == cells.MISSING and np.isnan(mc)
+            elif case.constant_layer is not None:  # in every table: every profile has NaN
+                assert mc_status == cells.UNDEFINED and np.isnan(mc)
             else:
                 assert mc_status == cells.OK and np.isfinite(mc)
 

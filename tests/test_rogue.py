@@ -1,4 +1,4 @@
-"""bertrep.rogue: standardizing undoes an inflated dimension's effect on CKA, variance and
+"""bertrep.maths.rogue: standardizing undoes an inflated dimension's effect on CKA, variance and
 dimension shares against analytic values and a brute-force loop, and the input guards.
 
     pytest tests/test_rogue.py

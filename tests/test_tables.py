@@ -16,6 +16,7 @@ from bertrep.analysis.profiles import (
     PROFILE_COLUMNS,
     forgetting_summary,
 )
+from bertrep.analysis.schemas import CORRELATION_COLUMNS, conform
 from bertrep.analysis.tables import (
     CELL_COLUMNS,
     K0_COLUMNS,
@@ -26,7 +27,6 @@ from bertrep.analysis.tables import (
     matrix,
     transfer_k0,
 )
-from bertrep.analyze import CORRELATION_COLUMNS
 from bertrep.figures import draw_all
 
 L = 12
@@ -155,3 +155,29 @@ def test_no_figure_is_drawn_of_empty_tables(tmp_path):
         "runs": pd.DataFrame(columns=["run_id", "seed"]),
     }
     assert draw_all(empty, tmp_path, ("sst2", "stsb")) == []
+
+
+def test_an_older_runs_tables_redraw_after_conform(tmp_path):
+    """Tables a run logged before cell labels (no status column; empty ones without any
+    column) are made to today's columns: nothing to show draws nothing, a number draws
+    its matrix with the other cells labelled missing."""
+    old = {
+        name: pd.DataFrame()
+        for name in (
+            "profiles",
+            "mean_cka",
+            "transfer_k0",
+            "scores",
+            "correlation",
+            "forgetting",
+            "forgetting_cka",
+        )
+    }
+    old["runs"] = pd.DataFrame(columns=["run_id", "seed"])
+    old["aufc"] = pd.DataFrame(columns=["source", "target", "variant", "value", "seeds"])
+    assert draw_all(conform(old), tmp_path, ("sst2", "stsb")) == []
+    old["aufc"] = pd.DataFrame([{"source": "base", "target": "sst2", "variant": "aufc",
+                                 "value": 0.7, "seeds": 2}])  # fmt: skip
+    drawn = draw_all(conform(old), tmp_path, ("sst2", "stsb"))
+    assert {p.name for p in drawn} == {"aufc.png", "aufc.pdf"}
+    assert conform(old)["aufc"].status.tolist() == [""]  # logged before labels: says nothing

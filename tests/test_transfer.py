@@ -1,4 +1,4 @@
-"""bertrep.transfer on small cases worked out by hand.
+"""bertrep.maths.transfer on small cases worked out by hand.
 
 pytest tests/test_transfer.py
 """

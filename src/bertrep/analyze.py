@@ -30,7 +30,7 @@ import pandas as pd
 
 from bertrep import env, figures, tracking
 from bertrep.analysis import cells, summary
-from bertrep.analysis.cells import FLOAT, INT, TEXT, typed
+from bertrep.analysis.cells import typed
 from bertrep.analysis.collect import MissingInput, Store, TrainRun, log_tables
 from bertrep.analysis.diagnostics import rogue_tables, subgroup_profiles
 from bertrep.analysis.intervals import (
@@ -48,6 +48,7 @@ from bertrep.analysis.profiles import (
     profile_table,
     task_profiles,
 )
+from bertrep.analysis.schemas import CORRELATION_COLUMNS, MISSING_COLUMNS, TRANSFERABILITY_COLUMNS
 from bertrep.analysis.tables import (
     AufcRule,
     Inputs,
@@ -265,9 +266,6 @@ def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
     return out
 
 
-MISSING_COLUMNS = {"what": TEXT, "detail": TEXT, "command": TEXT}
-
-
 def _setting(spec: AnalysisSpec) -> str:
     """The shipped setting an analysis spec is of (its name: smoke, quick, paper), else ""."""
     return spec.name if spec.name in SETTINGS else ""
@@ -342,11 +340,6 @@ def _comparisons(inputs: Inputs, out: dict) -> tuple[pd.DataFrame, pd.DataFrame]
                 row["note"] = str(error)
             corr.append(row)
     return typed(rows, TRANSFERABILITY_COLUMNS), typed(corr, CORRELATION_COLUMNS)
-
-
-TRANSFERABILITY_COLUMNS = {"metric": TEXT, "source": TEXT, "targets": INT, "value": FLOAT}
-CORRELATION_COLUMNS = {"x": TEXT, "y": TEXT, "cells": INT, "pearson": FLOAT, "spearman": FLOAT,
-                       "note": TEXT}  # fmt: skip
 
 
 def _experiment(spec: AnalysisSpec, parents: dict[str, str], store: Store) -> str:

@@ -78,6 +78,12 @@ def _cast(values: pd.Series, kind: str) -> pd.Series:
     return values.astype(object).where(values.notna(), "").map(str).astype(object)
 
 
+def why_empty(label: str) -> str:
+    """What a cell without a number shows: its label, "missing" where the label says
+    nothing (ok, or none: a table logged before labels existed)."""
+    return MISSING if label in (OK, "") else label
+
+
 def has_values(frame: pd.DataFrame) -> bool:
     """Whether a matrix (or a column of numbers) holds any finite number."""
     return bool(np.isfinite(frame.to_numpy(dtype=float)).any())

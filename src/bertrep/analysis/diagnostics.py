@@ -138,9 +138,12 @@ def subgroup_profiles(inputs: Inputs, min_tokens: int = 100) -> pd.DataFrame:
                              "run_x": x.run_id, "run_y": y.run_id, "hidden_x": i + 1,
                              "hidden_y": j + 1, "cka": profile[i, j]}
                         )  # fmt: skip
-    return typed(rows, {"probe_task": TEXT, "kind": TEXT, "group": TEXT, "n": INT,
-                        "estimator": TEXT, "run_x": TEXT, "run_y": TEXT, "hidden_x": INT,
-                        "hidden_y": INT, "cka": FLOAT})  # fmt: skip
+    return typed(rows, SUBGROUP_COLUMNS)
+
+
+SUBGROUP_COLUMNS = {"probe_task": TEXT, "kind": TEXT, "group": TEXT, "n": INT, "estimator": TEXT,
+                    "run_x": TEXT, "run_y": TEXT, "hidden_x": INT, "hidden_y": INT,
+                    "cka": FLOAT}  # fmt: skip
 
 
 def driven_cells(rogue: pd.DataFrame) -> pd.DataFrame:

@@ -141,14 +141,16 @@ def mean_cka_interval(
     low, high = (float(v) for v in percentile_interval(values, level, np.float64(value)))
     floor = np.mean([intervals.floors[k] for k in cross_keys], axis=0)
     floor = float(1 + (floor - self_point.mean(axis=0)).mean())
+    known = np.isfinite([low, high]).all()  # a flag compares only known ends: else None
     out = {"ci_low": low, "ci_high": high, "ci_level": level, "floor": floor,
-           "near_floor": bool(low <= floor) if np.isfinite(low) else None,
+           "near_floor": bool(low <= floor) if known and np.isfinite(floor) else None,
            "seed_band_low": np.nan, "seed_band_high": np.nan, "within_seed_band": None}  # fmt: skip
     if len(self_point) >= 3:
         others = (self_point.sum(axis=0) - self_point) / (len(self_point) - 1)
         band = 1 + (self_point - others).mean(axis=(1, 2))  # each pair vs the others' mean
         out |= {"seed_band_low": float(band.min()), "seed_band_high": float(band.max()),
-                "within_seed_band": bool(high >= band.min() and low <= band.max())}  # fmt: skip
+                "within_seed_band": bool(high >= band.min() and low <= band.max())
+                if known else None}  # fmt: skip
     return out
 
 
@@ -167,8 +169,13 @@ def seed_band_table(profiles: pd.DataFrame) -> pd.DataFrame:
         for (i, a), (j, b) in cells:
             rows.append({"target": target, "hidden_x": a, "hidden_y": b, "low": low[i, j],
                          "high": high[i, j], "pairs": len(pairs)})  # fmt: skip
-    return typed(rows, {"target": TEXT, "hidden_x": INT, "hidden_y": INT, "low": FLOAT,
-                        "high": FLOAT, "pairs": INT})  # fmt: skip
+    return typed(rows, SEED_BAND_COLUMNS)
+
+
+SEED_BAND_COLUMNS = {"target": TEXT, "hidden_x": INT, "hidden_y": INT, "low": FLOAT, "high": FLOAT,
+                     "pairs": INT}  # fmt: skip
+# what aufc_intervals adds to the AuFC cells
+AUFC_INTERVAL_COLUMNS = {"ci_low": FLOAT, "ci_high": FLOAT, "ci_level": FLOAT, "near_floor": FLAG}
 
 
 def aufc_intervals(cells: pd.DataFrame, seeds: pd.DataFrame, rule: BootstrapRule) -> pd.DataFrame:

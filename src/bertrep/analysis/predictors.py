@@ -76,8 +76,11 @@ def logme_table(inputs: Inputs) -> pd.DataFrame:
                     {"source": source, "target": target, "run_id": model.run_id,
                      "seed": model.seed, "rows": len(y), "value": value}
                 )  # fmt: skip
-    return typed(rows, {"source": TEXT, "target": TEXT, "run_id": TEXT, "seed": INT, "rows": INT,
-                        "value": FLOAT})  # fmt: skip
+    return typed(rows, LOGME_COLUMNS)
+
+
+LOGME_COLUMNS = {"source": TEXT, "target": TEXT, "run_id": TEXT, "seed": INT, "rows": INT,
+                 "value": FLOAT}  # fmt: skip
 
 
 def _labels(inputs: Inputs, task: str, owner) -> ProbeLabels:
@@ -121,9 +124,7 @@ def shootout(
         if source == BASE:
             row["transfer_k0"] = np.nan
         cells.append(row)
-    cells = typed(
-        cells, {"source": TEXT, "target": TEXT} | dict.fromkeys((*PREDICTORS, *OUTCOMES), FLOAT)
-    )
+    cells = typed(cells, PREDICTOR_CELL_COLUMNS)
     per_model = {k: g.value.to_numpy() for k, g in logme_models.groupby(["source", "target"])}
     rng = np.random.default_rng(rule.seed)
     table = []
@@ -133,6 +134,9 @@ def shootout(
     return cells, typed(table, PREDICTOR_COLUMNS)
 
 
+PREDICTOR_CELL_COLUMNS = {"source": TEXT, "target": TEXT} | dict.fromkeys(
+    (*PREDICTORS, *OUTCOMES), FLOAT
+)
 PREDICTOR_COLUMNS = {"predictor": TEXT, "outcome": TEXT, "scope": TEXT, "cells": INT,
                      "columns": INT, "spearman": FLOAT, "spearman_low": FLOAT,
                      "spearman_high": FLOAT, "kendall": FLOAT, "kendall_low": FLOAT,

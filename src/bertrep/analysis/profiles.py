@@ -223,8 +223,7 @@ def _mean_cka_column(inputs: Inputs, target: str) -> tuple[list[dict], list[dict
     targets = inputs.full_fine_tuning(target)
     every_source = (*inputs.tasks, BASE)
     if len(targets) < 2:
-        status = cells.SINGLE_SEED if targets else inputs.source_status(target)
-        status = cells.MISSING if status == cells.OK else status
+        status = cells.SINGLE_SEED if targets else inputs.empty_status(target)
         what = f"column {target}: needs two seeds of full fine-tuning ({status})"
         inputs.missing.append(Missing("Mean-CKA", what, "aufc"))
         return _empty_cells(inputs, target, every_source, status), []
@@ -242,8 +241,7 @@ def _mean_cka_column(inputs: Inputs, target: str) -> tuple[list[dict], list[dict
                 cross_rows += _guarded(inputs, "aufc", profile_rows, inputs, "cross", target, m,
                                        t, source=source, target=target)  # fmt: skip
         if not cross_rows or not self_rows:
-            status = inputs.source_status(source) if not models else cells.MISSING
-            status = cells.MISSING if status == cells.OK else status
+            status = inputs.empty_status(source) if not models else cells.MISSING
             what = "the pretrained model's extract run" if source == BASE else f"{source} sources"
             detail = f"{source}->{target}: {what} on {target}'s probe set ({status})"
             inputs.missing.append(Missing("Mean-CKA", detail, "aufc"))
@@ -415,6 +413,9 @@ def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
              "first": norm[0], "last": norm[-1], "seed": g.seed.iloc[0],
              "forgotten": forgotten(norm) if sequential_a and len(norm) >= 2 else np.nan}
         )  # fmt: skip
-    return typed(rows, {"run_id": TEXT, "mode": TEXT, "task_a": TEXT, "task_b": TEXT,
-                        "scored": TEXT, "task": TEXT, "first": FLOAT, "last": FLOAT,
-                        "forgotten": FLOAT, "seed": INT})  # fmt: skip
+    return typed(rows, FORGETTING_SUMMARY_COLUMNS)
+
+
+FORGETTING_SUMMARY_COLUMNS = {"run_id": TEXT, "mode": TEXT, "task_a": TEXT, "task_b": TEXT,
+                              "scored": TEXT, "task": TEXT, "first": FLOAT, "last": FLOAT,
+                              "forgotten": FLOAT, "seed": INT}  # fmt: skip

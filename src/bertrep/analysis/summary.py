@@ -45,6 +45,7 @@ class Matrix:
     where: dict
     needs: str
     label: str = ""  # the colour bar's
+    figure_title: str = ""  # the figure's, where it says more than the summary's heading
 
     def values(self, tables: dict, tasks) -> pd.DataFrame:
         return matrix(tables[self.table], tasks, **self.where)
@@ -60,9 +61,11 @@ def headline_matrices(tables: dict[str, pd.DataFrame]) -> list[Matrix]:
                   "two seeds of full fine-tuning of a target and a source model's tables on "
                   "its probe set", "Mean-CKA") for e in estimators]  # fmt: skip
     out += [
-        Matrix("AuFC", "aufc", "aufc", {"variant": "aufc"}, NEEDS["aufc"], "AuFC"),
+        Matrix("AuFC", "aufc", "aufc", {"variant": "aufc"}, NEEDS["aufc"], "AuFC",
+               "AuFC: area under the freezing curve"),
         Matrix("AuFC, the original code's variant (aufc_paper)", "aufc_paper", "aufc",
-               {"variant": "aufc_paper"}, NEEDS["aufc_paper"], "aufc_paper"),
+               {"variant": "aufc_paper"}, NEEDS["aufc_paper"], "aufc_paper",
+               "AuFC as the original code computed it (aufc_paper: k = 1..L at x = (k − 1)/L)"),
         Matrix("Normalized transfer score, no freezing (k = 0)", "transfer_k0", "transfer_k0",
                {}, "k = 0 runs from a source on a learned target", "normalized score"),
     ]  # fmt: skip
@@ -76,7 +79,7 @@ def labelled(values: pd.DataFrame, status: pd.DataFrame, fmt=None) -> pd.DataFra
     for (i, j), v in np.ndenumerate(values.to_numpy(dtype=float)):
         label = status.iloc[i, j]
         if not np.isfinite(v):
-            text.iloc[i, j] = label if label != cells.OK else cells.MISSING
+            text.iloc[i, j] = cells.why_empty(label)
         else:
             text.iloc[i, j] = fmt(v) + (" (single seed)" if label == cells.SINGLE_SEED else "")
     return text
@@ -170,6 +173,12 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
     return "\n".join(lines)
 
 
+def level_text(*frames: pd.DataFrame) -> str:
+    """The intervals' coverage as the tables record it ("95%"), "" where none has one."""
+    levels = pd.concat([f.ci_level for f in frames if "ci_level" in f]).dropna()
+    return f"{float(levels.iloc[0]):.0%}" if len(levels) else ""
+
+
 def flagged(value) -> bool:
     """A nullable flag of the tables (True, False, or None/NA where unknown) read as
     "known to be true"; survives a Parquet round trip."""
@@ -188,7 +197,7 @@ def uncertainty(tables: dict[str, pd.DataFrame], tasks: tuple[str, ...]) -> list
     lines = []
     mc, au = tables["mean_cka"], tables["aufc"]
     if "indistinguishable" in tables:  # computed with intervals only
-        level = f"{float(mc.ci_level.dropna().iloc[0]):.0%}" if mc.ci_level.notna().any() else ""
+        level = level_text(mc, au)
         lines += [f"## How sure: {level} intervals", ""]
         lines.append(
             "Mean-CKA (biased): probe sentences resampled (bias-corrected percentile "

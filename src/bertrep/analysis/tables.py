@@ -82,7 +82,7 @@ class Inputs:
         groups: dict[tuple, list[TrainRun]] = {}
         for r in runs:
             if not r.failed:
-                groups.setdefault(_setting(r), []).append(r)
+                groups.setdefault(_run_setting(r), []).append(r)
         # the most seeds; on a tie the registered sources, which transfer started from
         return max(groups.values(), key=lambda g: (len(g), sum(bool(r.registered_as) for r in g)),
                    default=[])  # fmt: skip
@@ -97,12 +97,18 @@ class Inputs:
             return cells.OK
         return cells.DIVERGED if self.full_fine_tuning(source, diverged=True) else cells.MISSING
 
+    def empty_status(self, task: str) -> str:
+        """The label of a cell that lacks `task`'s models (as a source, or the target's
+        seeds): diverged where every run of it failed, else missing."""
+        status = self.source_status(task)
+        return cells.MISSING if status == cells.OK else status
+
     def pairs(self) -> list[tuple[str, str]]:
         """Every (source, target) cell of a transfer matrix: task rows, then base."""
         return [(s, t) for s in (*self.tasks, BASE) for t in self.tasks]
 
 
-def _setting(run: TrainRun) -> tuple:
+def _run_setting(run: TrainRun) -> tuple:
     """A run's configuration but for its seed (and where it read or wrote): what makes
     two runs seeds of one setting."""
     skip = {"seed", "data_dir", "data_files", "probe_tasks", "save_checkpoint"}
@@ -250,8 +256,7 @@ SEED_COLUMNS = {"source": TEXT, "target": TEXT, "variant": TEXT, "seed": INT, "v
 def _aufc_cell(inputs: Inputs, source, target, group: pd.DataFrame, rule: AufcRule):
     """(cell rows, seed rows) of one (source, target) pair, a cell row per variant."""
     if group.empty:
-        status = inputs.source_status(source)
-        status = cells.MISSING if status == cells.OK else status
+        status = inputs.empty_status(source)
         return [{"source": source, "target": target, "variant": v, "seeds": 0, "status": status}
                 for v in VARIANTS], []  # fmt: skip
     num_layers = int(group.num_layers.iloc[0])
@@ -357,9 +362,8 @@ def transfer_k0(inputs: Inputs, scores: pd.DataFrame) -> pd.DataFrame:
     for source, target in inputs.pairs():
         runs = k0[(k0.source == source) & (k0.target == target)]
         if runs.empty:
-            status = inputs.source_status(source)
             rows.append({"source": source, "target": target, "seeds": 0,
-                         "status": cells.MISSING if status == cells.OK else status})  # fmt: skip
+                         "status": inputs.empty_status(source)})  # fmt: skip
             continue
         status = _cell_status(inputs, source, runs.status.iloc[0])
         value = runs.norm_score.mean() if status == cells.OK else np.nan

@@ -11,7 +11,7 @@ Two sources:
   (relative names are taken inside the task's folder).
 - the Hugging Face hub, when no data folder is given.
 
-    >>> from bertrep.tasks import get_task, load_split
+    >>> from bertrep.data.tasks import get_task, load_split
     >>> examples = load_split(get_task("sst2"), "validation", data_dir="../shared/data")
 """
 

@@ -28,6 +28,7 @@ import pandas as pd
 from bertrep import env, tracking
 from bertrep.analysis import cells, collect
 from bertrep.analysis.cells import has_values
+from bertrep.analysis.schemas import conform
 from bertrep.analysis.summary import headline_matrices
 from bertrep.analysis.tables import matrix
 from bertrep.data.tasks import TASKS
@@ -116,9 +117,7 @@ def matrix_figures(tables: dict, folder: Path, tasks) -> list[Path]:
         if not has_values(values):
             continue
         digits = 3 if m.table == "mean_cka" else 2
-        title = {"aufc": "AuFC: area under the freezing curve",
-                 "aufc_paper": "AuFC as the original code computed it (aufc_paper: k = 1..L "
-                               "at x = (k − 1)/L)"}.get(m.file, m.title)  # fmt: skip
+        title = m.figure_title or m.title
         out += matrix_figure(values, title, folder, m.file, label=m.label, digits=digits,
                              status=m.labels(tables, tasks))  # fmt: skip
     return out
@@ -141,7 +140,7 @@ def freezing_curves(tables: dict, folder: Path, tasks) -> list[Path]:
     for ax, target in zip(axes[0], panels, strict=True):
         sel = scores[scores.target == target]
         if not np.isfinite(sel.norm_score.to_numpy(dtype=float)).any():
-            why = sel.status.iloc[0] if sel.status.iloc[0] != cells.OK else cells.UNDEFINED
+            why = cells.why_empty(sel.status.iloc[0])
             ax.text(0.5, 0.5, f"{why}:\nno normalized score", ha="center", va="center",
                     transform=ax.transAxes, color="0.3")  # fmt: skip
         for source in [*tasks, "base"]:
@@ -250,7 +249,7 @@ def redraw(run_id: str, out: Path) -> list[Path]:
     """Every figure of an analysis run from its tables, into `out` and back into the run."""
     run = collect.analysis_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        tables = collect.read_tables(run.info.run_id, Path(tmp))
+        tables = conform(collect.read_tables(run.info.run_id, Path(tmp)))
     tasks = [t for t in TASKS if (tables["runs"].task == t).any()]
     order = yaml_tasks(run) or tasks
     with tempfile.TemporaryDirectory() as tmp:  # log what this call drew, nothing older

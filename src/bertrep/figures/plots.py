@@ -122,8 +122,8 @@ def draw_matrix(
                     (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.55", linewidth=0
                 )
             )
-            label = cells.MISSING if label == cells.OK else label
-            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="0.3")
+            ax.text(j, i, cells.why_empty(label), ha="center", va="center", fontsize=8,
+                    color="0.3")  # fmt: skip
     ax.set_xticks(range(values.shape[1]), [name(t) for t in frame.columns])
     ax.set_yticks(range(values.shape[0]), [name(t) for t in frame.index])
     ax.set_xlabel("target task")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from bertrep.analysis.summary import flagged
+from bertrep.analysis.summary import flagged, level_text
 from bertrep.analysis.tables import labels, matrix
 from bertrep.figures.plots import draw_matrix, name, save
 
@@ -58,7 +58,7 @@ def interval_figures(tables: dict, folder: Path, tasks) -> list[Path]:
                     if floored.loc[s, t]:
                         notes.loc[s, t] += "\n≤ chance" if key == "aufc" else "\n≤ floor"
         fig, ax = plt.subplots(figsize=(1.7 * frame.shape[1] + 2.4, 1.0 * frame.shape[0] + 1.6))
-        level = f"{float(cells.ci_level.iloc[0]):.0%}" if "ci_level" in cells else ""
+        level = level_text(cells)
         image = draw_matrix(
             ax,
             frame,

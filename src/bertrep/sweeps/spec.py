@@ -5,7 +5,7 @@
     >>> from bertrep.sweeps.spec import load_spec, trials
     >>> configs = trials(load_spec("sweeps/quick/aufc.yaml", "max_steps=10"))
 
-A spec (see sweeps/README.md and the README's "Sweeps") names fixed training
+A spec (see sweeps/README.md and docs/sweeps.md) names fixed training
 parameters, a grid (or a list of grids) over any TrainConfig field, per-task
 parameters, how transfer sources are trained, and per-trial resources. This module
 only reads specs: it imports neither Ray nor MLflow nor torch (a test checks), so a
