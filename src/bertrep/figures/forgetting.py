@@ -67,8 +67,12 @@ def _asymmetry(scores, cka, runs, folder) -> list[Path]:
         if on_a.empty:
             continue
         steps = sorted(on_a.step_y.unique())
-        picks = [steps[min(len(steps) - 1, i)] for i in (1, len(steps) // 2, len(steps) - 1)]
-        for ax, step in zip(row_axes[1:], picks, strict=True):
+        # three checkpoints after the start; with three or fewer, each once (never twice)
+        index = (1, len(steps) // 2, len(steps) - 1) if len(steps) > 3 else range(len(steps))
+        picks = [steps[i] for i in index]
+        for ax in row_axes[1 + len(picks) :]:
+            ax.axis("off")
+        for ax, step in zip(row_axes[1 : 1 + len(picks)], picks, strict=True):
             rows = on_a[on_a.step_y == step]
             image = heatmap(
                 ax,
