@@ -75,15 +75,15 @@ def trainer_trial(cfg, source_uri: str, k: int) -> dict[str, float]:
         TrainingArguments,
     )
 
-    from bertrep import tracking
     from bertrep.data.encode import collate
-    from bertrep.data.tasks import score
+    from bertrep.data.metrics import score
+    from bertrep.tracking import registry
     from bertrep.training.loop import load_task_data
     from bertrep.training.model import load_model
     from bertrep.training.readout import probe_sets
 
     started = time.perf_counter()
-    folder = Path(tracking.download_model(source_uri)) / "model"
+    folder = Path(registry.download_model(source_uri)) / "model"
     _, tokenizer, _ = load_model(cfg.base_model, [cfg.task])
     data = load_task_data(cfg, cfg.task, tokenizer)
 
@@ -199,7 +199,7 @@ def main() -> None:
         raise SystemExit("the timed sweep trained its sources again: the timing would count them")
 
     from bertrep import tracking
-    from bertrep.tracking import server
+    from bertrep.tracking import registry, server
 
     torch.set_num_threads(os.cpu_count() or 1)
     base = {k: v for k, v in fixed.items() if k != "save_checkpoint"}
@@ -207,7 +207,7 @@ def main() -> None:
     # the sources' files went through the sweep's server: read them back through one
     with server.through_server(tmp / "server"):
         for seed in seeds:
-            uri = tracking.find_registered("sst2", {tracking.SEED: str(seed)})
+            uri = registry.find_registered("sst2", {tracking.SEED: str(seed)})
             for k in frozen:
                 cfg = TrainConfig(**base, task="stsb", source_task="sst2", frozen_layers=k,
                                   seed=seed, data_dir=args.data_dir,

@@ -66,7 +66,7 @@ def phase_times(profile: cProfile.Profile) -> dict[str, float]:
 
 def configs(args: argparse.Namespace) -> list[tuple[str, object]]:
     """(label, config factory): the source first, its transfers once it is registered."""
-    from bertrep import tracking
+    from bertrep.tracking import registry
     from bertrep.training.config import TrainConfig
 
     common = dict(base_model=args.model, batch_size=16, lr=1e-4, max_steps=args.steps,
@@ -75,7 +75,7 @@ def configs(args: argparse.Namespace) -> list[tuple[str, object]]:
     source = TrainConfig(task="sst2", probe_tasks="mnli,stsb,sst2,pos", **common)
 
     def transfer(k: int) -> TrainConfig:
-        uri = tracking.find_source("sst2", source.key())
+        uri = registry.find_source("sst2", source.key())
         values = common | {"base_model": uri, "save_checkpoint": False}
         return TrainConfig(task="stsb", source_task="sst2", frozen_layers=k, **values)
 

@@ -23,7 +23,7 @@ from conftest import REPO, copy_study, run_ok
 from mlflow.tracking import MlflowClient
 
 from bertrep import env, tracking
-from bertrep.analyze import load_spec, spec_from_dict
+from bertrep.analysis.spec import load_spec, spec_from_dict
 from bertrep.figures.plots import draw_matrix
 from bertrep.sweeps import runs as sweep_runs
 from bertrep.tracking import server

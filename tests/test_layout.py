@@ -93,3 +93,33 @@ def test_an_arrow_back_up_is_found_even_inside_a_function(tmp_path):
     assert violations("bertrep.maths.cka", module) == [
         "bertrep.maths.cka (line 3) imports bertrep.analyze, a layer above it"
     ]
+
+
+MODULE_LINES, FUNCTION_LINES = 400, 60  # a module one reads in a sitting; a function on a screen
+
+
+def too_long(path: Path) -> list[str]:
+    """The module itself when it passes MODULE_LINES, and each function (nested ones too)
+    longer than FUNCTION_LINES, from its `def` to its last line."""
+    text = path.read_text()
+    out = []
+    if len(text.splitlines()) > MODULE_LINES:
+        out.append(f"{path.name}: {len(text.splitlines())} lines > {MODULE_LINES}")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            length = node.end_lineno - node.lineno + 1
+            if length > FUNCTION_LINES:
+                out.append(f"{path.name}:{node.lineno} {node.name}: {length} lines")
+    return out
+
+
+@pytest.mark.parametrize("name,path", modules(), ids=[name for name, _ in modules()])
+def test_modules_and_functions_stay_readable(name, path):
+    assert too_long(path) == []
+
+
+def test_a_long_function_is_found(tmp_path):
+    module = tmp_path / "long.py"
+    body = "".join(f"    x{i} = {i}\n" for i in range(FUNCTION_LINES))
+    module.write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}    return x0\n")
+    assert too_long(module) == [f"long.py:5 long: {FUNCTION_LINES + 2} lines"]

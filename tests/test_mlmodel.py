@@ -22,8 +22,9 @@ from transformers import AutoModel
 
 from bertrep import env, tracking
 from bertrep.data.encode import collate, encode
-from bertrep.data.tasks import get_task, load_split, score
-from bertrep.tracking import server
+from bertrep.data.metrics import score
+from bertrep.data.tasks import get_task, load_split
+from bertrep.tracking import registry, server
 from bertrep.training.mlmodel import label_names, to_transformers
 from bertrep.training.model import load_model, predictions
 
@@ -163,7 +164,7 @@ def test_bertrep_and_auto_model_load_the_registered_encoder(store):
     uri, _ = store["sources"]["sst2"]
     model, tokenizer, meta = load_model(uri, ["sst2", "stsb"])
     assert list(model.heads) == ["sst2", "stsb"] and meta["task"] == "sst2"
-    folder = tracking.download_model(uri)
+    folder = registry.download_model(uri)
     encoder = AutoModel.from_pretrained(os.path.join(folder, "model"))
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     model.eval()

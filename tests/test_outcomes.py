@@ -26,11 +26,13 @@ from bertrep import tracking
 from bertrep.analysis import cells
 from bertrep.analysis.cells import FLAG, FLOAT, INT
 from bertrep.analysis.collect import read_tables
-from bertrep.analyze import analyze, spec_from_dict
+from bertrep.analysis.spec import spec_from_dict
+from bertrep.analyze import analyze
 from bertrep.data import activations
 from bertrep.data.probe_sets import ProbeSet
 from bertrep.figures import redraw
 from bertrep.sweeps import runs as sweep_runs
+from bertrep.tracking import registry
 
 L, WIDTH, SENTENCES, PER_SENTENCE = 3, 8, 12, 4  # 48 probe tokens per task
 ROOT = "synthetic/bert-l3"  # a base model no one can load: labels (LogME, subgroups) missing
@@ -112,7 +114,7 @@ class Store:
                 )
                 tracking.log_artifact(path, tracking.activations_dir(probe))
             if mode == "single" and source == "base" and k == 0:
-                registered = tracking.register_model(
+                registered = registry.register_model(
                     task, f"{tracking.RUNS_URI}{run_id}/checkpoint", run_id,
                     {tracking.SEED: seed, tracking.BASE_MODEL: base_model,
                      tracking.CONFIG_KEY: run_id}, alias=not diverged,

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from bertrep import env, tracking
 from bertrep.sweep import main, run_names
+from bertrep.tracking import server
 from bertrep.training.config import TrainConfig
 
 SMOKE = REPO / "sweeps" / "smoke" / "aufc.yaml"
@@ -414,7 +415,7 @@ def test_sweep_on_a_two_node_ray_cluster(tiny_model, data_dir, tmp_path, ray_clu
     # which trials on the other node would fill on their own disk: refused, nothing run.
     mlflow.set_tracking_uri(store[env.MLFLOW_TRACKING_URI])
     local = mlflow.create_experiment("made-before", str(tmp_path / "made-before"))
-    assert tracking.is_local_location(mlflow.get_experiment(local).artifact_location)
+    assert server.is_local_location(mlflow.get_experiment(local).artifact_location)
     spec = yaml.safe_load(SMOKE.read_text()) | {"grid": TINY_GRID}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
     cmd = sweep_cmd(tiny_model, "seed=[0]", spec=tmp_path / "tiny.yaml")

@@ -10,12 +10,8 @@ import pytest
 
 from bertrep.analysis import cells
 from bertrep.analysis.cells import typed
-from bertrep.analysis.profiles import (
-    FORGETTING_COLUMNS,
-    MEAN_CKA_COLUMNS,
-    PROFILE_COLUMNS,
-    forgetting_summary,
-)
+from bertrep.analysis.forgetting import FORGETTING_COLUMNS, forgetting_summary
+from bertrep.analysis.profiles import MEAN_CKA_COLUMNS, PROFILE_COLUMNS
 from bertrep.analysis.schemas import CORRELATION_COLUMNS, conform
 from bertrep.analysis.tables import (
     CELL_COLUMNS,

@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from bertrep.data.tasks import TASKS, DataError, chance_score, get_task, load_split, score
+from bertrep.data.metrics import chance_score, score
+from bertrep.data.tasks import TASKS, DataError, get_task, load_split
 
 # Official sizes (GLUE, CoNLL-2003) of the splits the data folder holds in full.
 FULL_SPLITS = {

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from bertrep import env, tracking
 from bertrep.sweeps import runs as sweep_runs
-from bertrep.tracking import server
+from bertrep.tracking import registry, server
 
 
 def test_metric_and_tag_names():
@@ -29,9 +29,9 @@ def test_metric_and_tag_names():
     assert tracking.is_model_uri("models:/bertrep-pos/1") and tracking.is_model_uri("runs:/r/c")
     assert not tracking.is_model_uri("minilm") and not tracking.is_model_uri("/models/x")
     for local in ("/srv/mlruns/1", "file:///srv/mlruns/1", "file:/x", "mlruns/1", "C:\\mlruns"):
-        assert tracking.is_local_location(local), local
+        assert server.is_local_location(local), local
     for store in ("mlflow-artifacts:/1", "s3://bucket/1", "dbfs:/databricks/mlflow/1"):
-        assert not tracking.is_local_location(store), store
+        assert not server.is_local_location(store), store
     assert tracking.is_server_uri("https://mlflow.example") and not tracking.is_server_uri(
         "sqlite:///mlflow.db"
     )
@@ -46,19 +46,19 @@ def train_run(key: str, status: str = "FINISHED", **tags) -> str:
 
 
 def test_find_source_is_the_newest_version_with_that_config_key(mlflow_store):
-    assert tracking.find_source("sst2", "k1") is None  # no registered model yet
+    assert registry.find_source("sst2", "k1") is None  # no registered model yet
     first, _, newest = (
-        tracking.register_model("sst2", f"runs:/{run}/model", run, {tracking.CONFIG_KEY: key})
+        registry.register_model("sst2", f"runs:/{run}/model", run, {tracking.CONFIG_KEY: key})
         for key in ("k1", "k2", "k1")
         for run in [train_run(key)]
     )
     assert (first, newest) == ("models:/bertrep-sst2/1", "models:/bertrep-sst2/3")
-    assert tracking.find_source("sst2", "k1") == newest
-    assert tracking.find_source("sst2", "k2") == "models:/bertrep-sst2/2"
-    assert tracking.find_source("sst2", "k3") is None and tracking.find_source("pos", "k1") is None
+    assert registry.find_source("sst2", "k1") == newest
+    assert registry.find_source("sst2", "k2") == "models:/bertrep-sst2/2"
+    assert registry.find_source("sst2", "k3") is None and registry.find_source("pos", "k1") is None
     version = MlflowClient().get_model_version("bertrep-sst2", "3")
     assert version.tags[tracking.RUN_ID] == version.run_id
-    tracking.ensure_registered_model("sst2")  # again: no error
+    registry.ensure_registered_model("sst2")  # again: no error
 
 
 def test_finished_keys_are_finished_training_runs_of_every_experiment(mlflow_store):
@@ -143,14 +143,14 @@ def test_download_model_fetches_a_registered_checkpoint(mlflow_store, tmp_path):
     with tracking.start_run("t") as run:
         tracking.log_artifact(folder, tracking.CHECKPOINT)
     source = f"runs:/{run.info.run_id}/{tracking.CHECKPOINT}"
-    uri = tracking.register_model("pos", source, run.info.run_id, {tracking.SEED: 0})
+    uri = registry.register_model("pos", source, run.info.run_id, {tracking.SEED: 0})
     assert uri == "models:/bertrep-pos/1"
-    local = tracking.download_model(uri)
-    assert tracking.download_model("models:/bertrep-pos@seed0") == local  # the seed's alias
+    local = registry.download_model(uri)
+    assert registry.download_model("models:/bertrep-pos@seed0") == local  # the seed's alias
     assert (Path(local) / "config.json").read_text() == "{}"
-    assert tracking.download_model(uri) == local  # cached
+    assert registry.download_model(uri) == local  # cached
     with pytest.raises(ValueError, match="names no version"):
-        tracking.download_model("models:/bertrep-pos")
+        registry.download_model("models:/bertrep-pos")
 
 
 def test_store_uris_are_absolute(tmp_path, monkeypatch):

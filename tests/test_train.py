@@ -25,6 +25,7 @@ from bertrep import tracking
 from bertrep.analysis import collect
 from bertrep.data import activations
 from bertrep.errors import InputError
+from bertrep.tracking import registry
 from bertrep.train import run
 from bertrep.training import model as model_module
 from bertrep.training import readout as probing
@@ -159,7 +160,7 @@ def test_frozen_run_stores_what_it_trained_and_loads_back_whole(
 def test_run_starts_from_another_run_and_probes_other_tasks(tiny_model, data_dir, mlflow_store):
     source = run(small(tiny_model, data_dir, task="sst2"), QUIET)
     # full fine-tuning from the pretrained model registers the source model
-    uri = tracking.find_registered("sst2", {tracking.SEED: "0"})
+    uri = registry.find_registered("sst2", {tracking.SEED: "0"})
     assert uri == "models:/bertrep-sst2/1"
     assert MlflowClient().get_run(source).data.tags[tracking.REGISTERED_AS] == uri
     version = MlflowClient().get_model_version("bertrep-sst2", "1")

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from bertrep import tracking
 from bertrep.data import activations
+from bertrep.tracking import registry
 from bertrep.train import alone_on_a, checkpoint_steps, run
 from bertrep.training.config import Runtime, TrainConfig
 from bertrep.training.model import load_model
@@ -88,7 +89,7 @@ def test_sequential_from_a_registered_model_keeps_its_head(tiny_model, data_dir,
                          max_steps=3, batch_size=8, max_train_examples=32, max_eval_examples=32,
                          probe_tokens=120)  # fmt: skip
     source_run = run(single, QUIET)
-    uri = tracking.find_registered("sst2", {tracking.SEED: "0"})
+    uri = registry.find_registered("sst2", {tracking.SEED: "0"})
     cfg = two_task(tiny_model, data_dir, base_model=uri, frozen_layers=1, save_checkpoint=True)
     run_id = run(cfg, QUIET)
     assert history(run_id, tracking.phase_metric(tracking.A_PHASE, "loss")) == {}  # A phase skipped

@@ -21,7 +21,6 @@ import os
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -33,24 +32,18 @@ from bertrep.analysis import cells, summary
 from bertrep.analysis.cells import typed
 from bertrep.analysis.collect import MissingInput, Store, TrainRun, log_tables
 from bertrep.analysis.diagnostics import rogue_tables, subgroup_profiles
+from bertrep.analysis.forgetting import forgetting_summary, forgetting_tables
 from bertrep.analysis.intervals import (
-    BootstrapRule,
     Intervals,
     aufc_intervals,
     indistinguishable,
     seed_band_table,
 )
 from bertrep.analysis.predictors import logme_table, shootout
-from bertrep.analysis.profiles import (
-    forgetting_summary,
-    forgetting_tables,
-    mean_cka_tables,
-    profile_table,
-    task_profiles,
-)
+from bertrep.analysis.profiles import mean_cka_tables, profile_table, task_profiles
 from bertrep.analysis.schemas import CORRELATION_COLUMNS, MISSING_COLUMNS, TRANSFERABILITY_COLUMNS
+from bertrep.analysis.spec import AnalysisSpec, load_spec
 from bertrep.analysis.tables import (
-    AufcRule,
     Inputs,
     Missing,
     aufc_tables,
@@ -62,121 +55,10 @@ from bertrep.analysis.tables import (
     transfer_scores,
 )
 from bertrep.data.identity import model_identity
-from bertrep.data.tasks import TASKS
 from bertrep.errors import InputError
 from bertrep.maths import transfer
-from bertrep.maths.cka import ESTIMATORS
-from bertrep.sweeps.spec import KINDS, SETTINGS, parse_overrides, read_yaml
+from bertrep.sweeps.spec import SETTINGS
 from bertrep.tracking import server
-from bertrep.training.config import parse_bool
-
-
-@dataclass(frozen=True)
-class AnalysisSpec:
-    name: str
-    experiment: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME, else the project's default
-    sweeps: dict[str, str] = field(default_factory=lambda: dict.fromkeys(KINDS, ""))
-    tasks: tuple[str, ...] = ("mnli", "stsb", "sst2", "pos")
-    base_model: str = ""  # empty: the one model every run starts from
-    estimators: tuple[str, ...] = ESTIMATORS  # the first is the headline
-    embeddings: bool = False  # profiles over blocks 1..L; true adds the embedding output
-    aufc: AufcRule = AufcRule()
-    bootstrap: BootstrapRule = BootstrapRule()  # replicates: 0 turns intervals off
-    diagnostics: bool = True  # rogue dimensions and token-subgroup profiles
-    subgroup_min_tokens: int = 100  # probe tokens a subgroup needs for its profile
-    predictors: bool = True  # the transfer-predictor shoot-out (with LogME)
-    description: str = ""
-
-
-def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
-    """Validate an analysis spec; an unknown key anywhere is an error naming it."""
-    if not isinstance(raw, dict):
-        raise InputError(f"{source}: an analysis spec is a mapping")
-    known = [f.name for f in dataclasses.fields(AnalysisSpec)]
-    for key in raw:
-        if key not in known:
-            raise InputError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
-    sweeps = raw.get("sweeps", dict.fromkeys(KINDS, ""))
-    if not isinstance(sweeps, dict) or not sweeps:
-        raise InputError(f"{source}: sweeps must map a sweep kind to a name, run id or ''")
-    for kind in sweeps:
-        if kind not in KINDS:
-            raise InputError(f"{source}: unknown sweep kind {kind!r} in sweeps")
-    tasks = tuple(raw.get("tasks", AnalysisSpec.tasks))
-    for task in tasks:
-        if task not in TASKS:
-            raise InputError(f"{source}: unknown task {task!r} in tasks")
-    estimators = tuple(raw.get("estimators", ESTIMATORS))
-    if not estimators or any(e not in ESTIMATORS for e in estimators):
-        raise InputError(f"{source}: estimators must be among {', '.join(ESTIMATORS)}")
-    rule = raw.get("aufc") or {}
-    boot = raw.get("bootstrap") or {}
-    for name, given, cls in (("aufc", rule, AufcRule), ("bootstrap", boot, BootstrapRule)):
-        if not isinstance(given, dict):
-            raise InputError(f"{source}: {name} must be a mapping")
-        for key in given:
-            if key not in [f.name for f in dataclasses.fields(cls)]:
-                raise InputError(f"{source}: unknown key {key!r} in {name}")
-    bootstrap = _bootstrap_rule(boot, source)
-    return AnalysisSpec(
-        name=str(raw.get("name") or Path(source).stem),
-        experiment=str(raw.get("experiment") or ""),
-        sweeps={k: str(v or "") for k, v in sweeps.items()},
-        tasks=tasks,
-        base_model=str(raw.get("base_model") or ""),
-        estimators=estimators,
-        embeddings=parse_bool(raw.get("embeddings", False)),
-        aufc=AufcRule(
-            grid=tuple(int(k) for k in rule.get("grid") or ()),
-            require_endpoints=parse_bool(rule.get("require_endpoints", True)),
-        ),
-        bootstrap=bootstrap,
-        diagnostics=parse_bool(raw.get("diagnostics", True)),
-        subgroup_min_tokens=_whole(
-            raw.get("subgroup_min_tokens", 100), "subgroup_min_tokens", source, least=4
-        ),
-        predictors=parse_bool(raw.get("predictors", True)),
-        description=str(raw.get("description") or ""),
-    )
-
-
-def _whole(value, key: str, source: str, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise InputError(f"{source}: {key} must be a whole number >= {least}; got {value!r}")
-    return value
-
-
-def _bootstrap_rule(raw: dict, source: str) -> BootstrapRule:
-    try:
-        rule = BootstrapRule(
-            replicates=int(raw.get("replicates", BootstrapRule.replicates)),
-            level=float(raw.get("level", BootstrapRule.level)),
-            seed=int(raw.get("seed", BootstrapRule.seed)),
-        )
-    except (TypeError, ValueError):
-        raise InputError(f"{source}: bootstrap values must be numbers; got {raw}") from None
-    if rule.replicates < 0 or rule.replicates == 1 or not 0 < rule.level < 1:
-        raise InputError(
-            f"{source}: bootstrap needs replicates 0 (off) or at least 2 and a level in "
-            f"(0, 1); got {raw}"
-        )
-    return rule
-
-
-def load_spec(path: str | Path, overrides: str = "") -> AnalysisSpec:
-    """Read a spec; `overrides` "base_model=/path,sweeps.aufc=smoke-aufc,tasks=[sst2,pos]"
-    sets keys (dotted keys set nested ones, values are YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"analysis spec {path} does not exist")
-    raw = read_yaml(path)
-    for key, value in parse_overrides(overrides).items():
-        *parents, last = key.split(".")
-        place = raw
-        for part in parents:
-            place = place.setdefault(part, {})
-        place[last] = value
-    return spec_from_dict(raw, str(path))
 
 
 def collect(spec: AnalysisSpec, store: Store) -> tuple[dict[str, str], list[TrainRun], list]:
@@ -448,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(error)) from None
     except AnalysisFailed as error:  # the run is FAILED, its traceback logged with it
         raise SystemExit(f"bertrep.analyze: {error}") from None
-    print(f"runs: {tracking.runs_page(store, run.info.experiment_id)}")
+    print(f"runs: {server.runs_page(store, run.info.experiment_id)}")
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     print(headline(summary))
     print(f"figures: {figures.resolve()}")
     print(f"summary: {summary_uri}")
-    print(f"runs: {tracking.runs_page(store, run.info.experiment_id)}")
+    print(f"runs: {server.runs_page(store, run.info.experiment_id)}")
 
 
 if __name__ == "__main__":

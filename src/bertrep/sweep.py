@@ -35,7 +35,7 @@ from bertrep.errors import InputError, UnavailableError
 from bertrep.sweeps import runs as sweep_runs
 from bertrep.sweeps.progress import INPUT_ERROR, Progress
 from bertrep.sweeps.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
-from bertrep.tracking import server
+from bertrep.tracking import registry, server
 from bertrep.training.config import Runtime, TrainConfig, parse_bool
 
 OUTPUT_DIR = server.LOG_DIR  # also Ray Tune's trial folders
@@ -56,7 +56,7 @@ def resolve(spec: Spec, target: TrainConfig) -> TrainConfig:
     if not needs_source(target):
         return target
     source = source_config(spec, target)
-    uri = tracking.find_source(source.task, source.key())
+    uri = registry.find_source(source.task, source.key())
     if uri is None:
         raise SweepFailed(f"source {source.task} seed {source.seed} is not registered")
     if target.mode == "shuffled":
@@ -154,7 +154,7 @@ def check_artifacts_reach_driver(exp_id: str) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     location = tracking.mlflow.get_experiment(exp_id).artifact_location
-    if len(nodes) > 1 and tracking.is_local_location(location):
+    if len(nodes) > 1 and server.is_local_location(location):
         raise SweepFailed(
             f"experiment {exp_id} stores artifacts in the local folder {location}, which the "
             f"other {len(nodes) - 1} node(s) cannot reach: point MLFLOW_TRACKING_URI at a "
@@ -230,8 +230,8 @@ def run_grid(spec: Spec, context: dict) -> dict[str, int]:
     targets = trials(spec)
     needed = sources(spec, targets)
     for task in {c.task for c in [*targets, *needed] if c.registers_source}:
-        tracking.ensure_registered_model(task)  # trials would race to create it
-    missing = [s for s in needed if not tracking.find_source(s.task, s.key())]
+        registry.ensure_registered_model(task)  # trials would race to create it
+    missing = [s for s in needed if not registry.find_source(s.task, s.key())]
     first = run_stage("sources", missing, spec, context)
     if first["failed"]:
         raise SweepFailed(f"{first['failed']} source trials failed; transfer trials not run")
@@ -297,7 +297,7 @@ def sweep(spec: Spec, resume: bool = False) -> str:
             sweep_runs.log_counts(parent, _sweep_metrics(counts))
             print(f"sweep {spec.name}: its runs stored {counts['artifact_bytes'] / 2**20:,.1f} MiB "
                   "of artifacts")  # fmt: skip
-            print(f"runs: {tracking.runs_page(lasting, exp_id)}")
+            print(f"runs: {server.runs_page(lasting, exp_id)}")
             status = "FINISHED"
     except (SweepInterrupted, KeyboardInterrupt):
         status = "KILLED"

@@ -41,6 +41,7 @@ from bertrep import tracking
 from bertrep.errors import InputError
 from bertrep.maths.forgetting import drift
 from bertrep.maths.transfer import normalize
+from bertrep.tracking import registry
 from bertrep.training import mlmodel
 from bertrep.training.config import (
     TWO_TASK_MODES,
@@ -98,7 +99,7 @@ def alone_on_a(cfg: TrainConfig) -> TrainConfig:
 def reference_states(cfg: TrainConfig, probes: Probes, pad_id: int) -> dict[str, np.ndarray]:
     """Activations of the model fine-tuned on A alone (shuffled mode's reference)."""
     alone = alone_on_a(cfg)
-    uri = cfg.reference_model or tracking.find_source(alone.task, alone.key())
+    uri = cfg.reference_model or registry.find_source(alone.task, alone.key())
     if not uri:
         raise ValueError(
             f"shuffled mode needs a model fine-tuned on {cfg.source_task} alone: set "
@@ -192,7 +193,7 @@ def reusable_tables(ctx: Context, model: TaskModel, probes: Probes) -> dict[str,
         return {}
     digests = {p.meta["task"]: p.digest for p, _ in probes}
     try:
-        return tracking.source_tables(ctx.cfg.base_model, digests)
+        return registry.source_tables(ctx.cfg.base_model, digests)
     except tracking.mlflow.exceptions.MlflowException as error:  # extract them instead
         warnings.warn(
             f"the source's tables could not be listed ({error}); extracting", stacklevel=2
@@ -311,14 +312,14 @@ def log_checkpoint(
     }
     if cfg.registers_source and mlmodel.has_hf_head(model):
         source = mlmodel.log_model(model, tokenizer, cfg.task, meta)
-        ctx.logged_elsewhere += tracking.model_bytes(source)
+        ctx.logged_elsewhere += registry.model_bytes(source)
     else:
         save_checkpoint(model, tokenizer, ctx.folder / tracking.CHECKPOINT, meta)
         tracking.log_artifact(ctx.folder / tracking.CHECKPOINT, tracking.CHECKPOINT)
         source = f"{tracking.RUNS_URI}{ctx.run_id}/{tracking.CHECKPOINT}"
     if cfg.registers_source:
         tags = source_tags(cfg)
-        uri = tracking.register_model(cfg.task, source, ctx.run_id, tags, alias=not diverged)
+        uri = registry.register_model(cfg.task, source, ctx.run_id, tags, alias=not diverged)
         tracking.set_tags({tracking.REGISTERED_AS: uri})
 
 

@@ -1,10 +1,9 @@
 """The analysis's CKA tables, one row per number: profiles of each task, the Mean-CKA
-matrix and the forgetting series, computed from activation tables through the store's
-download cache.
+matrix (the forgetting series are `bertrep.analysis.forgetting`'s), computed from
+activation tables through the store's download cache.
 
     rows = task_profiles(inputs)                 # identity, two seeds, failed run
     cells, profiles = mean_cka_tables(inputs)
-    scores, rows = forgetting_tables(inputs, best)
 
 Every row carries the run ids, probe digest, estimator, n and widths it came from.
 Two tables are compared only after `activations.check_comparable`.
@@ -20,17 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertrep import tracking
 from bertrep.analysis import cells
 from bertrep.analysis.cells import FLAG, FLOAT, INT, TEXT, typed
 from bertrep.analysis.collect import MissingInput, TrainRun
 from bertrep.analysis.intervals import Band, mean_cka_interval
-from bertrep.analysis.tables import BASE, Inputs, Missing, learned_best
+from bertrep.analysis.tables import BASE, Inputs, Missing
 from bertrep.data import activations
-from bertrep.data.tasks import get_task
 from bertrep.maths import transfer
 from bertrep.maths.cka import cka_profiles
-from bertrep.maths.forgetting import forgotten
 
 
 @lru_cache(maxsize=16)
@@ -79,36 +75,25 @@ def profile_rows(
         bands["biased"] = inputs.intervals.profile(
             key, (path_x, path_y), (hx, hy), (sx, sy), profiles["biased"]
         )
+    common = {"kind": kind, "probe_task": probe, "probe_digest": meta["probe_digest"],
+              "n": sx.shape[1], "width_x": sx.shape[2], "width_y": sy.shape[2],
+              "run_x": x.run_id, "label_x": x.label, "run_y": y.run_id, "label_y": y.label,
+              "step_x": _step(path_x), "step_y": _step(path_y)}  # fmt: skip
     for estimator, profile in profiles.items():
         band = bands.get(estimator) or _no_band(estimator, profile.shape)
         for (i, a), (j, b) in itertools.product(enumerate(hx), enumerate(hy)):
-            yield {
-                "kind": kind,
-                "probe_task": probe,
-                "probe_digest": meta["probe_digest"],
-                "estimator": estimator,
-                "n": sx.shape[1],
-                "width_x": sx.shape[2],
-                "width_y": sy.shape[2],
-                "run_x": x.run_id,
-                "label_x": x.label,
-                "run_y": y.run_id,
-                "label_y": y.label,
-                "step_x": _step(path_x),
-                "step_y": _step(path_y),
-                "hidden_x": a,
-                "hidden_y": b,
-                "cka": float(profile[i, j]),
-                "ci_low": float(band.low[i, j]),
-                "ci_high": float(band.high[i, j]),
-                "ci_replicates": int(band.kept[i, j]),
-                "floor": float(band.floor[i, j]),
-                # unknown (None) without an interval, never a silent "no"
-                "near_floor": bool(band.low[i, j] <= band.floor[i, j])
-                if np.isfinite(band.low[i, j])
-                else None,
-                **extra,
-            }
+            cell = {"estimator": estimator, "hidden_x": a, "hidden_y": b,
+                    "cka": float(profile[i, j])}  # fmt: skip
+            yield common | cell | _band_cell(band, i, j) | extra
+
+
+def _band_cell(band: Band, i: int, j: int) -> dict:
+    """A profile cell's interval columns; near_floor unknown (None) without an interval,
+    never a silent "no"."""
+    low, floor = band.low[i, j], band.floor[i, j]
+    return {"ci_low": float(low), "ci_high": float(band.high[i, j]),
+            "ci_replicates": int(band.kept[i, j]), "floor": float(floor),
+            "near_floor": bool(low <= floor) if np.isfinite(low) else None}  # fmt: skip
 
 
 PROFILE_COLUMNS = {
@@ -166,11 +151,11 @@ def task_profiles(inputs: Inputs) -> list[dict]:
             same_seed = [r for r in ok if r.seed == failed[0].seed] or ok
             pairs.append(("diverged", same_seed[0], failed[0]))
         for kind, x, y in pairs:
-            rows += _guarded(inputs, "single", profile_rows, inputs, kind, task, x, y, target=task)
+            rows += guarded(inputs, "single", profile_rows, inputs, kind, task, x, y, target=task)
     return rows
 
 
-def _guarded(inputs: Inputs, sweep: str, build, *args, **kwargs) -> list[dict]:
+def guarded(inputs: Inputs, sweep: str, build, *args, **kwargs) -> list[dict]:
     """The rows `build` yields, or none with what was missing (or incomparable) recorded
     beside the `sweep` kind that produces it."""
     try:
@@ -229,7 +214,7 @@ def _mean_cka_column(inputs: Inputs, target: str) -> tuple[list[dict], list[dict
         return _empty_cells(inputs, target, every_source, status), []
     self_rows = []
     for a, b in itertools.combinations(targets, 2):
-        self_rows += _guarded(
+        self_rows += guarded(
             inputs, "aufc", profile_rows, inputs, "self", target, a, b, target=target
         )
     found, profiles = [], list(self_rows)
@@ -238,7 +223,7 @@ def _mean_cka_column(inputs: Inputs, target: str) -> tuple[list[dict], list[dict
         cross_rows = []
         for m, t in itertools.product(models, targets):
             if m.run_id != t.run_id:
-                cross_rows += _guarded(inputs, "aufc", profile_rows, inputs, "cross", target, m,
+                cross_rows += guarded(inputs, "aufc", profile_rows, inputs, "cross", target, m,
                                        t, source=source, target=target)  # fmt: skip
         if not cross_rows or not self_rows:
             status = inputs.empty_status(source) if not models else cells.MISSING
@@ -313,109 +298,3 @@ def _one(values: pd.Series, what: str):
     if len(unique) != 1:
         raise ValueError(f"{what} mix {' and '.join(map(str, unique))}: never one matrix")
     return unique[0]
-
-
-# --- forgetting ---
-
-
-def forgetting_tables(inputs: Inputs, best: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """(scores, profile rows) of every sequential and shuffled run: at each checkpoint of
-    the B phase both tasks' raw and normalized scores, and the profile of the model
-    against the one tuned on A alone (and, where registered, on B alone) on both probe
-    sets; its diagonal is each layer's drift."""
-    best_of, learned = dict(zip(best.task, best.best, strict=True)), learned_best(best)
-    scores, profiles = [], []
-    for run in [r for r in inputs.runs if r.mode in ("sequential", "shuffled")]:
-        a, b = run.source_task, run.task
-        steps = inputs.store.activation_steps(run.run_id, b)
-        span = max(int(float(run.params.get("max_steps", max(steps, default=1)))), 1)
-        pair = {"run_id": run.run_id, "mode": run.mode, "task_a": a, "task_b": b,
-                "seed": run.seed, "sampling": run.params.get("sampling", "")}  # fmt: skip
-        for role, task in (("A", a), ("B", b)):
-            scope = None if task == b else task
-            metric = get_task(task).metric
-            raw = inputs.store.history(run.run_id, tracking.eval_metric(metric, scope))
-            chance = inputs.store.history(run.run_id, tracking.eval_metric("chance", scope))
-            for step in steps:
-                value, c = raw.get(step, np.nan), chance.get(step, np.nan)
-                scores.append(
-                    {
-                        **pair,
-                        "step": step,
-                        "fraction": step / span,
-                        "scored": role,
-                        "task": task,
-                        "metric": metric,
-                        "score": value,
-                        "chance": c,
-                        "best": best_of.get(task, np.nan),
-                        "norm_score": transfer.normalize(
-                            value, c, learned.get(task, np.nan), strict=False
-                        ),
-                    }
-                )
-        for reference, ref_run, ref_step in _references(inputs, run):
-            for step, probe in itertools.product(steps, (a, b)):
-                profiles += _guarded(
-                    inputs,
-                    "forgetting",
-                    profile_rows,
-                    inputs,
-                    "forgetting",
-                    probe,
-                    ref_run,
-                    run,
-                    step_x=ref_step,
-                    step_y=step,
-                    fraction=step / span,
-                    reference=reference,
-                    **pair,
-                )
-    return typed(scores, FORGETTING_COLUMNS), profiles
-
-
-FORGETTING_COLUMNS = {
-    "run_id": TEXT, "mode": TEXT, "task_a": TEXT, "task_b": TEXT, "seed": INT, "sampling": TEXT,
-    "step": INT, "fraction": FLOAT, "scored": TEXT, "task": TEXT, "metric": TEXT,
-    "score": FLOAT, "chance": FLOAT, "best": FLOAT, "norm_score": FLOAT,
-}  # fmt: skip
-
-
-def _references(inputs: Inputs, run: TrainRun) -> list[tuple[str, TrainRun, int | None]]:
-    """(role, run, step) of the models a two-task run is compared with: the model tuned
-    on A alone (a sequential run's own B-phase start; a shuffled run's reference model),
-    and for shuffled runs also the registered model tuned on B alone, where there is one."""
-    if run.mode == "sequential":
-        return [("A", run, 0)]
-    out = []
-    uri = run.params.get("reference_model", "")
-    if tracking.is_model_uri(uri):
-        out.append(("A", inputs.store.source_run(uri), None))
-    alone_b = [r for r in inputs.full_fine_tuning(run.task) if r.seed == run.seed]
-    alone_b = [r for r in alone_b if r.registered_as and r.root_model == run.root_model]
-    if alone_b:
-        out.append(("B", alone_b[0], None))
-    return out
-
-
-def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per two-task run and scored task: the normalized score at the first and the last
-    checkpoint, and the change. For A in a sequential run the drop is what was forgotten
-    (`forgotten`); B's rise is what was learned; a shuffled run learns both from the start."""
-    rows = []
-    for (run_id, role), g in scores.groupby(["run_id", "scored"]):
-        g = g.sort_values("step")
-        norm = g.norm_score.to_numpy()
-        sequential_a = g["mode"].iloc[0] == "sequential" and role == "A"
-        rows.append(
-            {"run_id": run_id, "mode": g["mode"].iloc[0], "task_a": g.task_a.iloc[0],
-             "task_b": g.task_b.iloc[0], "scored": role, "task": g.task.iloc[0],
-             "first": norm[0], "last": norm[-1], "seed": g.seed.iloc[0],
-             "forgotten": forgotten(norm) if sequential_a and len(norm) >= 2 else np.nan}
-        )  # fmt: skip
-    return typed(rows, FORGETTING_SUMMARY_COLUMNS)
-
-
-FORGETTING_SUMMARY_COLUMNS = {"run_id": TEXT, "mode": TEXT, "task_a": TEXT, "task_b": TEXT,
-                              "scored": TEXT, "task": TEXT, "first": FLOAT, "last": FLOAT,
-                              "forgotten": FLOAT, "seed": INT}  # fmt: skip

@@ -11,14 +11,10 @@ import pandas as pd
 
 from bertrep.analysis.cells import FLOAT, INT, TEXT, typed
 from bertrep.analysis.diagnostics import DIMS_COLUMNS, ROGUE_COLUMNS, SUBGROUP_COLUMNS
+from bertrep.analysis.forgetting import FORGETTING_COLUMNS, FORGETTING_SUMMARY_COLUMNS
 from bertrep.analysis.intervals import AUFC_INTERVAL_COLUMNS, SEED_BAND_COLUMNS, TIES_COLUMNS
 from bertrep.analysis.predictors import LOGME_COLUMNS, PREDICTOR_CELL_COLUMNS, PREDICTOR_COLUMNS
-from bertrep.analysis.profiles import (
-    FORGETTING_COLUMNS,
-    FORGETTING_SUMMARY_COLUMNS,
-    MEAN_CKA_COLUMNS,
-    PROFILE_COLUMNS,
-)
+from bertrep.analysis.profiles import MEAN_CKA_COLUMNS, PROFILE_COLUMNS
 from bertrep.analysis.tables import (
     BEST_COLUMNS,
     CELL_COLUMNS,

@@ -95,8 +95,22 @@ def label_legend(tables: dict[str, pd.DataFrame], matrices: list[Matrix], tasks)
 
 
 def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> str:
-    lines = [f"# Analysis {spec.name}", ""]
+    """The whole summary: header, headline matrices, comparisons, best_B, forgetting,
+    the uncertainty sections, figures not drawn and missing inputs."""
+    lines = _header(spec, tables, parents)
+    matrices, undrawn = _matrices(tables, spec.tasks)
+    lines += matrices + _comparisons(tables) + _best(tables) + _forgetting(tables)
+    lines += uncertainty(tables, spec.tasks)
+    if undrawn:
+        lines += ["## Figures not drawn", "", *undrawn, ""]
+    lines += _missing(tables)
+    lines += ["", f"Tables: `{tracking.TABLES_DIR}/`; figures: `{tracking.FIGURES_DIR}/`.", ""]
+    return "\n".join(lines)
+
+
+def _header(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> list[str]:
     runs = tables["runs"]
+    lines = [f"# Analysis {spec.name}", ""]
     lines.append(
         f"{len(runs)} finished runs from sweeps "
         + ", ".join(f"{k} `{v}`" for k, v in parents.items())
@@ -109,24 +123,34 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
     if len(profiles):
         ns = sorted(profiles.groupby("probe_task").n.first().items())
         lines.append("Probe sets: " + ", ".join(f"{t} n = {n}" for t, n in ns) + " tokens.")
-    lines += [
+    return lines + [
         "",
         "Rows: source (base = the pretrained model); columns: target. "
         "Mean-CKA's diagonal is computed, not forced to 1 (where A = B the cross pairs "
         "are the self pairs). A cell without a number names why (below).",
         "",
     ]
+
+
+def _matrices(tables: dict[str, pd.DataFrame], tasks) -> tuple[list[str], list[str]]:
+    """The headline matrices as tables with their label legend, and a line for each
+    figure that cannot be drawn (no cell has a number)."""
+    lines, undrawn = [], []
     headline = headline_matrices(tables)
-    undrawn = []
     for m in headline:
-        values = m.values(tables, spec.tasks)
-        text = labelled(values, m.labels(tables, spec.tasks))
+        values = m.values(tables, tasks)
+        text = labelled(values, m.labels(tables, tasks))
         lines += [f"## {m.title}", "", _table(text, "source \\ target", str), ""]
         if not has_values(values):
             undrawn.append(f"- `{m.file}.png`: no cell has a number; it needs {m.needs}.")
-    legend = label_legend(tables, headline, spec.tasks)
+    legend = label_legend(tables, headline, tasks)
     if legend:
         lines += ["Cells without a number, or marked, say why:", "", *legend, ""]
+    return lines, undrawn
+
+
+def _comparisons(tables: dict[str, pd.DataFrame]) -> list[str]:
+    lines = []
     corr = tables["correlation"]
     if len(corr):
         lines += ["## Does representation similarity predict transfer?", ""]
@@ -141,36 +165,42 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
     if len(tr):
         wide = tr.pivot(index="source", columns="metric", values="value")
         lines += ["## Average transferability per source", "", _table(wide, "source"), ""]
+    return lines
+
+
+def _best(tables: dict[str, pd.DataFrame]) -> list[str]:
     best = tables["best"]
-    if len(best):
-        lines += ["## best_B (mean raw score of full fine-tuning from the pretrained model)", ""]
-        lines += [
-            f"- {r.task}: {r.metric} {_fmt(r.best, 4)} over {r.runs} runs (chance "
-            f"{_fmt(r.chance, 4)})" + ("" if r.status == cells.OK else f": {r.status}")
-            for r in best.itertuples()
-        ]
-        lines.append("")
+    if not len(best):
+        return []
+    lines = ["## best_B (mean raw score of full fine-tuning from the pretrained model)", ""]
+    lines += [
+        f"- {r.task}: {r.metric} {_fmt(r.best, 4)} over {r.runs} runs (chance "
+        f"{_fmt(r.chance, 4)})" + ("" if r.status == cells.OK else f": {r.status}")
+        for r in best.itertuples()
+    ]
+    return lines + [""]
+
+
+def _forgetting(tables: dict[str, pd.DataFrame]) -> list[str]:
     fs = tables["forgetting_summary"]
-    if len(fs):
-        lines += ["## Forgetting (normalized score, first → last checkpoint of the B phase)", ""]
-        for r in fs.itertuples():
-            joint = "→" if r.mode == "sequential" else "+"
-            change = (f"forgot {_fmt(r.forgotten)}" if math.isfinite(r.forgotten)
-                      else f"change {_fmt(r.last - r.first)}")  # fmt: skip
-            lines.append(f"- {r.mode} {r.task_a}{joint}{r.task_b} seed {r.seed}, {r.task} "
-                         f"({r.scored}): {_fmt(r.first)} → {_fmt(r.last)} ({change})")  # fmt: skip
-        lines.append("")
-    lines += uncertainty(tables, spec.tasks)
-    if undrawn:
-        lines += ["## Figures not drawn", "", *undrawn, ""]
+    if not len(fs):
+        return []
+    lines = ["## Forgetting (normalized score, first → last checkpoint of the B phase)", ""]
+    for r in fs.itertuples():
+        joint = "→" if r.mode == "sequential" else "+"
+        change = (f"forgot {_fmt(r.forgotten)}" if math.isfinite(r.forgotten)
+                  else f"change {_fmt(r.last - r.first)}")  # fmt: skip
+        lines.append(f"- {r.mode} {r.task_a}{joint}{r.task_b} seed {r.seed}, {r.task} "
+                     f"({r.scored}): {_fmt(r.first)} → {_fmt(r.last)} ({change})")  # fmt: skip
+    return lines + [""]
+
+
+def _missing(tables: dict[str, pd.DataFrame]) -> list[str]:
     missing = tables["missing"]
-    lines += ["## Missing inputs", ""]
+    lines = ["## Missing inputs", ""]
     if len(missing):
-        lines += [f"- {r.what}: {r.detail} — `{r.command}`" for r in missing.itertuples()]
-    else:
-        lines.append("None: every cell was computed.")
-    lines += ["", f"Tables: `{tracking.TABLES_DIR}/`; figures: `{tracking.FIGURES_DIR}/`.", ""]
-    return "\n".join(lines)
+        return lines + [f"- {r.what}: {r.detail} — `{r.command}`" for r in missing.itertuples()]
+    return lines + ["None: every cell was computed."]
 
 
 def level_text(*frames: pd.DataFrame) -> str:
@@ -195,89 +225,110 @@ def uncertainty(tables: dict[str, pd.DataFrame], tasks: tuple[str, ...]) -> list
     """Intervals, floors, cells that cannot be told apart, the predictor shoot-out, rogue
     dimensions and subgroups: the sections the tables allow."""
     lines = []
-    mc, au = tables["mean_cka"], tables["aufc"]
     if "indistinguishable" in tables:  # computed with intervals only
-        level = level_text(mc, au)
-        lines += [f"## How sure: {level} intervals", ""]
-        lines.append(
-            "Mean-CKA (biased): probe sentences resampled (bias-corrected percentile "
-            "interval of the biased estimate at this probe size, not of the population "
-            "CKA); AuFC: a t-interval over its seeds. ≤ marks an interval that reaches the "
-            "floor (Mean-CKA: every cross profile at the CKA of unrelated rows; AuFC: 0, "
-            "chance)."
-        )
-        lines.append("")
-        for title, found in (("Mean-CKA (biased)", mc[mc.estimator == "biased"]),
-                             ("AuFC", au[au.variant == "aufc"])):  # fmt: skip
-            text = labelled(matrix(found, tasks), labels(found, tasks))
-            for r in found[np.isfinite(found.value.to_numpy(dtype=float))].itertuples():
-                if r.source in text.index and r.target in text.columns:
-                    mark = " ≤" if flagged(r.near_floor) else ""
-                    text.loc[r.source, r.target] += f"{_ci(r.ci_low, r.ci_high)}{mark}"
-            lines += [f"{title}:", "", _table(text, "source \\ target", str), ""]
-        lines.append("Per target, the best source and those whose interval overlaps its:")
-        lines.append("")
-        ties = tables.get("indistinguishable", pd.DataFrame())
-        for (m, target), g in ties.groupby(["matrix", "target"]) if len(ties) else []:
-            tied = ", ".join(g[g.tied_with_best.map(flagged)].source) or "none"
-            unknown = ", ".join(g[g.tied_with_best.isna()].source)
-            lines.append(f"- {m}, target {target}: best {g.best_source.iloc[0]}; "
-                         f"cannot be told apart from it: {tied}"
-                         + (f" (no interval: {unknown})" if unknown else ""))  # fmt: skip
-        profiles = tables["profiles"]
-        if "near_floor" in profiles:
-            biased = profiles[(profiles.estimator == "biased") & profiles.near_floor.notna()]
-            near = biased[biased.near_floor.map(flagged)]
-            lines.append(
-                f"- Profile cells whose interval reaches the permutation floor (the CKA of "
-                f"unrelated rows): {len(near)} of {len(biased)} with an interval (largest "
-                f"floor {_fmt(biased.floor.max())})."
-            )
-        if "floor" in mc:
-            lines.append(f"- Mean-CKA floors (every cross profile at its permutation floor): "
-                         f"{_fmt(mc.floor.min())} to {_fmt(mc.floor.max())}.")  # fmt: skip
-        banded = mc[np.isfinite(mc.seed_band_low)] if "seed_band_low" in mc else mc.iloc[:0]
-        if len(banded):
-            within = banded[banded.within_seed_band.map(flagged)]
-            lines.append(
-                "- Seed-noise band: Mean-CKA cells as similar to the target as another of "
-                "its seeds (interval overlaps the band): "
-                + (", ".join(f"{r.source}→{r.target}" for r in within.itertuples()) or "none")
-            )
-        else:
-            lines.append("- Seed-noise band: needs three or more seeds of a target.")
-        lines.append("")
-    corr = tables.get("predictors", pd.DataFrame())
-    if len(corr):
-        lines += ["## Which cheap signal predicts transfer? (rank correlations, seeds resampled)",
-                  "", "| predictor | outcome | scope | cells | Spearman | Kendall |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        for r in corr.itertuples():
-            lines.append(f"| {r.predictor} | {r.outcome} | {r.scope} | {r.cells} | "
-                         f"{_fmt(r.spearman)}{_ci(r.spearman_low, r.spearman_high)} | "
-                         f"{_fmt(r.kendall)}{_ci(r.kendall_low, r.kendall_high)} |")  # fmt: skip
-        lines.append("")
-    dims, rogue = tables.get("rogue_dims"), tables.get("rogue_profiles")
-    if dims is not None and len(dims):
-        lines += ["## Rogue dimensions", ""]
-        for task, g in dims.groupby("probe_task", sort=False):
-            if not g.top1.notna().any():
-                lines.append(f"- {task}: every layer constant (no variance share)")
-                continue
-            top = g.loc[g.top1.idxmax()]
-            lines.append(f"- {task}: largest single-dimension variance share {top.top1:.2f} "
-                         f"({top.label}, layer {top.hidden})")  # fmt: skip
-        driven = driven_cells(rogue)
-        if len(driven):
-            lines.append(f"- WARNING: in {len(driven)} profile cells one dimension holds more "
-                         f"than half of the CKA numerator, e.g. "
-                         + "; ".join(f"{r.probe_task} {r.kind} ({r.hidden_x}, {r.hidden_y}) "
-                                     f"{r.top_dim_share:.2f}"
-                                     for r in driven.head(5).itertuples()))  # fmt: skip
-        else:
-            lines.append(
-                f"- No profile cell is driven by one dimension (its share of the CKA "
-                f"numerator ≤ {DRIVEN} everywhere)."
-            )
-        lines.append("")
+        lines += _intervals(tables, tasks) + _ties(tables) + _floors(tables) + [""]
+    return lines + _predictors(tables) + _rogue(tables)
+
+
+def _intervals(tables: dict[str, pd.DataFrame], tasks) -> list[str]:
+    """The biased Mean-CKA and AuFC matrices with each cell's interval; ≤ marks one that
+    reaches its floor."""
+    mc, au = tables["mean_cka"], tables["aufc"]
+    lines = [f"## How sure: {level_text(mc, au)} intervals", ""]
+    lines.append(
+        "Mean-CKA (biased): probe sentences resampled (bias-corrected percentile "
+        "interval of the biased estimate at this probe size, not of the population "
+        "CKA); AuFC: a t-interval over its seeds. ≤ marks an interval that reaches the "
+        "floor (Mean-CKA: every cross profile at the CKA of unrelated rows; AuFC: 0, "
+        "chance)."
+    )
+    lines.append("")
+    for title, found in (("Mean-CKA (biased)", mc[mc.estimator == "biased"]),
+                         ("AuFC", au[au.variant == "aufc"])):  # fmt: skip
+        text = labelled(matrix(found, tasks), labels(found, tasks))
+        for r in found[np.isfinite(found.value.to_numpy(dtype=float))].itertuples():
+            if r.source in text.index and r.target in text.columns:
+                mark = " ≤" if flagged(r.near_floor) else ""
+                text.loc[r.source, r.target] += f"{_ci(r.ci_low, r.ci_high)}{mark}"
+        lines += [f"{title}:", "", _table(text, "source \\ target", str), ""]
     return lines
+
+
+def _ties(tables: dict[str, pd.DataFrame]) -> list[str]:
+    lines = ["Per target, the best source and those whose interval overlaps its:", ""]
+    ties = tables.get("indistinguishable", pd.DataFrame())
+    for (m, target), g in ties.groupby(["matrix", "target"]) if len(ties) else []:
+        tied = ", ".join(g[g.tied_with_best.map(flagged)].source) or "none"
+        unknown = ", ".join(g[g.tied_with_best.isna()].source)
+        lines.append(f"- {m}, target {target}: best {g.best_source.iloc[0]}; "
+                     f"cannot be told apart from it: {tied}"
+                     + (f" (no interval: {unknown})" if unknown else ""))  # fmt: skip
+    return lines
+
+
+def _floors(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Profile cells and Mean-CKA cells at their permutation floor; the seed-noise band."""
+    lines, mc, profiles = [], tables["mean_cka"], tables["profiles"]
+    if "near_floor" in profiles:
+        biased = profiles[(profiles.estimator == "biased") & profiles.near_floor.notna()]
+        near = biased[biased.near_floor.map(flagged)]
+        lines.append(
+            f"- Profile cells whose interval reaches the permutation floor (the CKA of "
+            f"unrelated rows): {len(near)} of {len(biased)} with an interval (largest "
+            f"floor {_fmt(biased.floor.max())})."
+        )
+    if "floor" in mc:
+        lines.append(f"- Mean-CKA floors (every cross profile at its permutation floor): "
+                     f"{_fmt(mc.floor.min())} to {_fmt(mc.floor.max())}.")  # fmt: skip
+    banded = mc[np.isfinite(mc.seed_band_low)] if "seed_band_low" in mc else mc.iloc[:0]
+    if not len(banded):
+        return lines + ["- Seed-noise band: needs three or more seeds of a target."]
+    within = banded[banded.within_seed_band.map(flagged)]
+    return lines + [
+        "- Seed-noise band: Mean-CKA cells as similar to the target as another of "
+        "its seeds (interval overlaps the band): "
+        + (", ".join(f"{r.source}→{r.target}" for r in within.itertuples()) or "none")
+    ]
+
+
+def _predictors(tables: dict[str, pd.DataFrame]) -> list[str]:
+    corr = tables.get("predictors", pd.DataFrame())
+    if not len(corr):
+        return []
+    lines = ["## Which cheap signal predicts transfer? (rank correlations, seeds resampled)",
+             "", "| predictor | outcome | scope | cells | Spearman | Kendall |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in corr.itertuples():
+        lines.append(f"| {r.predictor} | {r.outcome} | {r.scope} | {r.cells} | "
+                     f"{_fmt(r.spearman)}{_ci(r.spearman_low, r.spearman_high)} | "
+                     f"{_fmt(r.kendall)}{_ci(r.kendall_low, r.kendall_high)} |")  # fmt: skip
+    return lines + [""]
+
+
+def _rogue(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Each task's largest single-dimension variance share; the profile cells that one
+    dimension drives."""
+    dims, rogue = tables.get("rogue_dims"), tables.get("rogue_profiles")
+    if dims is None or not len(dims):
+        return []
+    lines = ["## Rogue dimensions", ""]
+    for task, g in dims.groupby("probe_task", sort=False):
+        if not g.top1.notna().any():
+            lines.append(f"- {task}: every layer constant (no variance share)")
+            continue
+        top = g.loc[g.top1.idxmax()]
+        lines.append(f"- {task}: largest single-dimension variance share {top.top1:.2f} "
+                     f"({top.label}, layer {top.hidden})")  # fmt: skip
+    driven = driven_cells(rogue)
+    if len(driven):
+        lines.append(f"- WARNING: in {len(driven)} profile cells one dimension holds more "
+                     f"than half of the CKA numerator, e.g. "
+                     + "; ".join(f"{r.probe_task} {r.kind} ({r.hidden_x}, {r.hidden_y}) "
+                                 f"{r.top_dim_share:.2f}"
+                                 for r in driven.head(5).itertuples()))  # fmt: skip
+    else:
+        lines.append(
+            f"- No profile cell is driven by one dimension (its share of the CKA "
+            f"numerator ≤ {DRIVEN} everywhere)."
+        )
+    return lines + [""]

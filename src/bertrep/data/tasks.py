@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,56 +370,3 @@ def hub_examples(spec: TaskSpec, rows) -> list[Example]:
                 Example(tuple(texts), float(label) if spec.kind == "regression" else int(label))
             )
     return out
-
-
-def chance_score(spec: TaskSpec, examples: list[Example]) -> float:
-    """Score of the majority-class predictor on `examples` (0 for a correlation metric)."""
-    if spec.kind == "regression":
-        return 0.0
-    if spec.kind == "tagging":
-        counts = Counter(t for ex in examples for t in ex.label)  # type: ignore[union-attr]
-    else:
-        counts = Counter(ex.label for ex in examples)
-    return max(counts.values()) / sum(counts.values())
-
-
-def score(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Task metrics; the key `spec.metric` is the one reported and normalized.
-
-    predictions, labels: (n,) class indices, (n,) floats (regression), or (n_words,)
-    tag indices of the scored (first) sub-tokens (tagging).
-    """
-    if spec.kind == "regression":
-        from scipy.stats import pearsonr, spearmanr
-
-        if len(labels) < 2 or np.std(predictions) == 0:
-            return {"pearson": 0.0, "spearman": 0.0}
-        return {
-            "pearson": float(pearsonr(predictions, labels)[0]),
-            "spearman": float(spearmanr(predictions, labels)[0]),
-        }
-    return {"accuracy": float(np.mean(predictions == labels))}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m bertrep.tasks --data_dir DIR`: check every task's files and print counts."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--data_dir", default="")
-    args = parser.parse_args(argv)
-    for spec in TASKS.values():
-        for split in spec.splits:
-            try:
-                examples, source = load_split(spec, split, data_dir=args.data_dir)
-            except (FileNotFoundError, DataError) as e:
-                print(f"{spec.name:5s} {split:22s} -- {e}", file=sys.stderr)
-                continue
-            print(
-                f"{spec.name:5s} {split:22s} {len(examples):7d}  chance "
-                f"{chance_score(spec, examples):.3f}  {source}"
-            )
-
-
-if __name__ == "__main__":
-    main()

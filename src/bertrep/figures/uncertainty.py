@@ -22,71 +22,56 @@ def interval_figures(tables: dict, folder: Path, tasks) -> list[Path]:
     """Mean-CKA (biased) and AuFC with each cell's interval; per target column the best
     source outlined solid, sources whose interval overlaps the best's dashed."""
     out = []
-    ties = tables.get("indistinguishable", pd.DataFrame())
-    mc = tables["mean_cka"]
+    mc, au = tables["mean_cka"], tables["aufc"]
     specs = [
-        (
-            "mean_cka/biased",
-            mc[mc.estimator == "biased"] if len(mc) else mc,
-            "Mean-CKA (biased)",
-            "mean_cka_intervals",
-            3,
-        ),
-        (
-            "aufc",
-            tables["aufc"][tables["aufc"].variant == "aufc"]
-            if len(tables["aufc"])
-            else tables["aufc"],
-            "AuFC",
-            "aufc_intervals",
-            2,
-        ),
-    ]
+        ("mean_cka/biased", mc[mc.estimator == "biased"] if len(mc) else mc,
+         "Mean-CKA (biased)", "mean_cka_intervals", 3),
+        ("aufc", au[au.variant == "aufc"] if len(au) else au, "AuFC", "aufc_intervals", 2),
+    ]  # fmt: skip
     for key, cells, title, file, digits in specs:
         if cells.empty or not np.isfinite(cells.ci_low.to_numpy(dtype=float)).any():
             continue
         frame = matrix(cells, tasks)
-        low = matrix(cells.assign(value=cells.ci_low), tasks)
-        high = matrix(cells.assign(value=cells.ci_high), tasks)
-        near = cells.near_floor.map(flagged) if "near_floor" in cells else cells.value * 0
-        floored = matrix(cells.assign(value=near.astype(float)), tasks) == 1
-        notes = pd.DataFrame("", index=frame.index, columns=frame.columns)
-        for s in frame.index:
-            for t in frame.columns:
-                if np.isfinite(low.loc[s, t]):
-                    notes.loc[s, t] = f"[{low.loc[s, t]:.{digits}f}, {high.loc[s, t]:.{digits}f}]"
-                    if floored.loc[s, t]:
-                        notes.loc[s, t] += "\n≤ chance" if key == "aufc" else "\n≤ floor"
+        notes = _interval_notes(cells, tasks, digits, "≤ chance" if key == "aufc" else "≤ floor")
         fig, ax = plt.subplots(figsize=(1.7 * frame.shape[1] + 2.4, 1.0 * frame.shape[0] + 1.6))
-        level = level_text(cells)
-        image = draw_matrix(
-            ax,
-            frame,
-            title=f"{title} with {level} intervals",
-            digits=digits,
-            notes=notes,
-            status=labels(cells, tasks),
-        )
-        mine = ties[ties.matrix == key] if len(ties) else ties
-        for r in mine.itertuples():
-            i, j = list(frame.index).index(r.source), list(frame.columns).index(r.target)
-            if r.source == r.best_source or flagged(r.tied_with_best):
-                style = "-" if r.source == r.best_source else "--"
-                ax.add_patch(
-                    plt.Rectangle(
-                        (j - 0.47, i - 0.47),
-                        0.94,
-                        0.94,
-                        fill=False,
-                        linestyle=style,
-                        linewidth=1.6,
-                        edgecolor="black",
-                    )
-                )
+        title_text = f"{title} with {level_text(cells)} intervals"
+        status = labels(cells, tasks)
+        image = draw_matrix(ax, frame, title=title_text, digits=digits, notes=notes, status=status)
+        _outline_ties(ax, frame, tables.get("indistinguishable", pd.DataFrame()), key)
         ax.set_xlabel("target task\n(solid: best source; dashed: interval overlaps the best's)")
         fig.colorbar(image, ax=ax, shrink=0.85, label=title)
         out += save(fig, folder, file)
     return out
+
+
+def _interval_notes(cells: pd.DataFrame, tasks, digits: int, floor_mark: str) -> pd.DataFrame:
+    """Each cell's "[low, high]", and `floor_mark` under an interval that reaches its floor."""
+    frame = matrix(cells, tasks)
+    low = matrix(cells.assign(value=cells.ci_low), tasks)
+    high = matrix(cells.assign(value=cells.ci_high), tasks)
+    near = cells.near_floor.map(flagged) if "near_floor" in cells else cells.value * 0
+    floored = matrix(cells.assign(value=near.astype(float)), tasks) == 1
+    notes = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    for s in frame.index:
+        for t in frame.columns:
+            if np.isfinite(low.loc[s, t]):
+                notes.loc[s, t] = f"[{low.loc[s, t]:.{digits}f}, {high.loc[s, t]:.{digits}f}]"
+                if floored.loc[s, t]:
+                    notes.loc[s, t] += "\n" + floor_mark
+    return notes
+
+
+def _outline_ties(ax, frame: pd.DataFrame, ties: pd.DataFrame, key: str) -> None:
+    """Outline each column's best source (solid) and those tied with it (dashed)."""
+    mine = ties[ties.matrix == key] if len(ties) else ties
+    for r in mine.itertuples():
+        if r.source != r.best_source and not flagged(r.tied_with_best):
+            continue
+        i, j = list(frame.index).index(r.source), list(frame.columns).index(r.target)
+        style = "-" if r.source == r.best_source else "--"
+        box = plt.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, linestyle=style,
+                            linewidth=1.6, edgecolor="black")  # fmt: skip
+        ax.add_patch(box)
 
 
 def predictor_figure(tables: dict, folder: Path, tasks) -> list[Path]:

@@ -55,6 +55,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from bertrep.maths.layers import as_layers, check_finite
+
 __all__ = [
     "Resampling",
     "Side",
@@ -115,13 +117,12 @@ class Side:
     """
 
     def __init__(self, layers: np.ndarray | list[np.ndarray], resampling: Resampling) -> None:
-        layers = [np.asarray(x) for x in layers]
+        layers = [np.asarray(x) for x in as_layers(layers, "model")]
         n = resampling.n
-        for i, x in enumerate(layers):
-            if x.ndim != 2 or x.shape[0] != n:
-                raise ValueError(f"layer {i} has shape {x.shape}; the resampling has {n} rows")
-            if not np.isfinite(x).all():
-                raise ValueError(f"layer {i} holds NaN or inf")
+        if layers[0].shape[0] != n:
+            rows = layers[0].shape[0]
+            raise ValueError(f"the layers have {rows} rows; the resampling has {n} rows")
+        check_finite({"model": layers})
         work = np.float64 if all(x.dtype == np.float64 for x in layers) else np.float32
         self.n, self.resampling = n, resampling
         self.weights = weights = resampling.weights

@@ -55,7 +55,6 @@ import numpy as np
 from bertrep.maths.cka_backend import (
     PairTerms,
     SideTerms,
-    _as_layers,
     _check,
     _check_n,
     _finish,
@@ -64,6 +63,7 @@ from bertrep.maths.cka_backend import (
     _ops_for,
 )
 from bertrep.maths.cka_streaming import StreamingCKA
+from bertrep.maths.layers import as_layers
 
 __all__ = [
     "ESTIMATORS",
@@ -141,7 +141,7 @@ def cka_profiles(
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown or not estimators:
         raise ValueError(f"estimators must be among {ESTIMATORS}; got {list(estimators)}")
-    xs, ys = _as_layers(xs, "xs"), _as_layers(ys, "ys")
+    xs, ys = as_layers(xs, "xs"), as_layers(ys, "ys")
     ops = _ops_for(xs + ys, dtype)
     n = _check(ops, xs, ys)
     _check_n(n, "debiased" in estimators)
@@ -297,7 +297,7 @@ def rbf_cka(
     if threshold <= 0:
         raise ValueError(f"threshold must be positive; got {threshold}")
     x, y = _host(x), _host(y)
-    _check(_NumpyOps("float64"), [x], [y])
+    _check(_NumpyOps("float64"), as_layers(x, "xs"), as_layers(y, "ys"))
     _check_n(n, debiased)
     grams = []
     for side, z in (("xs", x), ("ys", y)):

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from bertrep.maths.layers import check_finite, shared_rows
+
 __all__ = ["PairTerms", "SideTerms"]
 
 # Rows per float32 product before its sum is carried on in float64 (float32 work dtype).
@@ -92,42 +94,12 @@ def _finish(n: int, cross: PairTerms, x: SideTerms, y: SideTerms, debiased: bool
 # --------------------------------------------------------------------------- checks
 
 
-def _as_layers(xs: Any, side: str) -> list[Any]:
-    """A sequence of (n, p) arrays, one (n, p) array or a stacked (L, n, p) array -> list."""
-    if hasattr(xs, "ndim"):
-        if xs.ndim not in (2, 3):
-            raise ValueError(f"{side} must be (n, p) or (L, n, p); got shape {tuple(xs.shape)}")
-        xs = [xs] if xs.ndim == 2 else list(xs)
-    layers = list(xs)
-    if not layers:
-        raise ValueError(f"{side} has no layers")
-    for i, x in enumerate(layers):
-        if getattr(x, "ndim", None) != 2:
-            shape = tuple(getattr(x, "shape", ()))
-            raise ValueError(f"{side} layer {i} must be a 2-D (n, p) array; got shape {shape}")
-    return layers
-
-
 def _check(ops: Any, xs: list[Any], ys: list[Any]) -> int:
-    """Row count shared by all layers; raises on ragged row counts or NaN/inf."""
-    rows = {}
-    for side, layers in (("xs", xs), ("ys", ys)):
-        n0 = layers[0].shape[0]
-        for i, x in enumerate(layers):
-            if x.shape[0] != n0:
-                raise ValueError(f"{side} layer {i} has {x.shape[0]} rows but layer 0 has {n0}")
-        rows[side] = n0
-    finite = ops.all_finite(xs + ys)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        side, i = ("xs", i) if i < len(xs) else ("ys", i - len(xs))
-        raise ValueError(f"{side} layer {i} contains NaN or inf")
-    if rows["xs"] != rows["ys"]:
-        raise ValueError(
-            f"xs has {rows['xs']} rows but ys has {rows['ys']}: CKA needs the same rows "
-            "(probe tokens) on both sides"
-        )
-    return rows["xs"]
+    """Row count shared by all layers (of `as_layers`); raises on NaN/inf or sides whose
+    row counts differ."""
+    sides = {"xs": xs, "ys": ys}
+    check_finite(sides, ops.all_finite(xs + ys))
+    return shared_rows(sides)
 
 
 def _check_n(n: int, debiased: bool) -> None:

@@ -22,12 +22,12 @@ import numpy as np
 from bertrep.maths.cka_backend import (
     PairTerms,
     SideTerms,
-    _as_layers,
     _check,
     _check_n,
     _finish,
     _ops_for,
 )
+from bertrep.maths.layers import as_layers
 
 __all__ = ["StreamingCKA"]
 
@@ -54,7 +54,7 @@ class StreamingCKA:
 
     def update(self, xs: Any, ys: Any) -> None:
         """Add one chunk: xs and ys hold the same m rows of every layer of each model."""
-        xs, ys = _as_layers(xs, "xs"), _as_layers(ys, "ys")
+        xs, ys = as_layers(xs, "xs"), as_layers(ys, "ys")
         if self._ops is None:
             ops = _ops_for(xs + ys, self.dtype)
             m = _check(ops, xs, ys)

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from bertrep.maths.layers import as_layers, one_layer
+
 __all__ = [
     "DimensionShare",
     "dimension_share_profile",
@@ -46,7 +48,7 @@ def variance_shares(x: Any, top: int = 3) -> np.ndarray:
     x: (n, p) one layer's activations. Returns (top,) float64: out[k] is the share of
     Σ_d var(x_d) held by the k + 1 dimensions of largest variance; NaN for a constant x.
     """
-    x = _layer(x, "x")
+    x = one_layer(x, "x", min_rows=2)
     if not 1 <= top <= x.shape[1]:
         raise ValueError(f"top must be between 1 and p = {x.shape[1]}; got {top}")
     var = np.sort(_centred(x).var(0))[::-1]
@@ -62,7 +64,7 @@ def standardize(x: Any) -> np.ndarray:
     A constant column comes out zero. Returns float64 for float64 (or integer) input and
     float32 for float32/float16 input; the statistics are float64 either way.
     """
-    x = _layer(x, "x")
+    x = one_layer(x, "x", min_rows=2)
     xc = _centred(x)
     std = xc.std(0)
     # Tested on the input, not on std: a constant column's centred values are rounding
@@ -133,32 +135,13 @@ def _centred(x: np.ndarray) -> np.ndarray:
     return x - x.mean(0)
 
 
-def _layer(x: Any, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (n, p) array; got shape {x.shape}")
-    if x.shape[0] < 2 or x.shape[1] < 1:
-        raise ValueError(f"{name} needs at least 2 rows and 1 column; got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    return x
-
-
 def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _layer(x, "x"), _layer(y, "y")
+    x, y = one_layer(x, "x", min_rows=2), one_layer(y, "y", min_rows=2)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}: need the same rows")
     return _centred(x), _centred(y)
 
 
 def _stack(xs: Any, side: str) -> list[np.ndarray]:
-    if hasattr(xs, "ndim") and xs.ndim != 3:
-        raise ValueError(f"{side} must be (L, n, p) or a sequence of (n, p); got {xs.shape}")
-    layers = [_layer(x, f"{side} layer {i}") for i, x in enumerate(xs)]
-    if not layers:
-        raise ValueError(f"{side} has no layers")
-    n0 = layers[0].shape[0]
-    for i, x in enumerate(layers):
-        if x.shape[0] != n0:
-            raise ValueError(f"{side} layer {i} has {x.shape[0]} rows but layer 0 has {n0}")
-    return layers
+    layers = as_layers(xs, side, single=False)
+    return [one_layer(x, f"{side} layer {i}", min_rows=2) for i, x in enumerate(layers)]

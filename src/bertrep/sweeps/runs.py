@@ -14,7 +14,7 @@ import math
 import os
 
 from bertrep import env, tracking
-from bertrep.tracking import _client, _metrics, mlflow
+from bertrep.tracking import metric_entities, mlflow
 
 
 def experiment_id(name: str) -> str:
@@ -27,14 +27,14 @@ def sweep_experiment() -> str:
     """The experiment a sweep logs to: `mlflow run`'s, else $MLFLOW_EXPERIMENT_NAME or
     $MLFLOW_EXPERIMENT_ID, else the project's default."""
     if os.environ.get(env.MLFLOW_RUN_ID):
-        return _client().get_run(os.environ[env.MLFLOW_RUN_ID]).info.experiment_id
+        return tracking.client().get_run(os.environ[env.MLFLOW_RUN_ID]).info.experiment_id
     if os.environ.get(env.MLFLOW_EXPERIMENT_NAME):
         return experiment_id(os.environ[env.MLFLOW_EXPERIMENT_NAME])
     return os.environ.get(env.MLFLOW_EXPERIMENT_ID) or experiment_id(tracking.DEFAULT_EXPERIMENT)
 
 
 def experiment_name(exp_id: str) -> str:
-    return _client().get_experiment(exp_id).name
+    return tracking.client().get_experiment(exp_id).name
 
 
 def _search(exp_id: str, query: str) -> list:
@@ -54,7 +54,7 @@ def unfinished_parent(exp_id: str, digest: str) -> str | None:
 def start_parent(exp_id: str, tags: dict, resume_id: str | None = None) -> str:
     """The sweep's parent run: `mlflow run`'s own run, else a new one; with `resume_id`,
     that earlier parent reopened (and `mlflow run`'s run tagged as resuming it)."""
-    client = _client()
+    client = tracking.client()
     tags = {k: str(v) for k, v in tags.items()}
     own = os.environ.get(env.MLFLOW_RUN_ID)
     if resume_id:
@@ -73,14 +73,14 @@ def children(parent_id: str, status: str | None = None) -> list:
     query = f"tags.`{tracking.PARENT_RUN}` = '{parent_id}'"
     if status:
         query += f" and attributes.status = '{status}'"
-    return _search(_client().get_run(parent_id).info.experiment_id, query)
+    return _search(tracking.client().get_run(parent_id).info.experiment_id, query)
 
 
 def end_stale_children(parent_id: str, status: str = "KILLED") -> int:
     """Mark the parent's children still RUNNING (their process is gone) as `status`."""
     stale = children(parent_id, "RUNNING")
     for run in stale:
-        _client().set_terminated(run.info.run_id, status)
+        tracking.client().set_terminated(run.info.run_id, status)
     return len(stale)
 
 
@@ -95,7 +95,7 @@ def fail_dead_attempts(parent_id: str, config_key: str | None = None) -> int:
     FAILED, with the reason. Called when a trial starts (Tune starts an attempt only once
     the previous one ended, so a RUNNING run of its key lost its worker) and after each
     stage (every trial has ended then)."""
-    client = _client()
+    client = tracking.client()
     dead = children(parent_id, "RUNNING")
     if config_key is not None:
         dead = [r for r in dead if r.data.tags.get(tracking.CONFIG_KEY) == config_key]
@@ -113,7 +113,7 @@ def end_sweep(store: str, parent_id: str, status: str) -> None:
     mlflow.set_tracking_uri(store)
     try:
         end_stale_children(parent_id)
-        _client().set_terminated(parent_id, status)
+        tracking.client().set_terminated(parent_id, status)
     finally:
         mlflow.set_tracking_uri(previous)
 
@@ -131,35 +131,36 @@ def finished_keys() -> set[str]:
 def first_step_time(run_id: str) -> float:
     """Wall time (s since the epoch) at which the run logged its first training loss, or
     for a run that trains nothing (mode extract) at which it ended."""
-    history = _client().get_metric_history(run_id, tracking.LOSS)
+    history = tracking.client().get_metric_history(run_id, tracking.LOSS)
     if history:
         return min(m.timestamp for m in history) / 1000
-    end = _client().get_run(run_id).info.end_time
+    end = tracking.client().get_run(run_id).info.end_time
     return end / 1000 if end else math.nan
 
 
 def outcome(run_id: str) -> tuple[float, bool]:
     """A finished training run's final score (NaN for a read-out) and whether it diverged."""
-    data = _client().get_run(run_id).data
+    data = tracking.client().get_run(run_id).data
     diverged = data.tags.get(tracking.DIVERGED) == "true"
     return data.metrics.get(tracking.FINAL_SCORE, math.nan), diverged
 
 
 def log_trial_stats(run_id: str, startup_s: float, index: int) -> None:
-    _client().log_batch(
-        run_id, metrics=_metrics({tracking.TRIAL_STARTUP: startup_s, tracking.TRIAL_INDEX: index})
+    tracking.client().log_batch(
+        run_id,
+        metrics=metric_entities({tracking.TRIAL_STARTUP: startup_s, tracking.TRIAL_INDEX: index}),
     )
 
 
 def log_sweep(parent_id: str, spec_yaml: str, trials: list[dict]) -> None:
     """The spec (after overrides) and its trial list as artifacts of the parent run."""
-    client = _client()
+    client = tracking.client()
     client.log_text(parent_id, spec_yaml, tracking.SWEEP_SPEC_FILE)
     client.log_text(parent_id, json.dumps(trials, indent=1), tracking.SWEEP_TRIALS_FILE)
 
 
 def log_counts(parent_id: str, counts: dict[str, float]) -> None:
-    _client().log_batch(parent_id, metrics=_metrics(counts))
+    tracking.client().log_batch(parent_id, metrics=metric_entities(counts))
 
 
 def finished_runs(keys: list[str]) -> dict[str, str]:
@@ -183,7 +184,7 @@ def sweep_kind(run) -> str:
 
 def log_sweep_runs(parent_id: str, runs: dict[str, str]) -> None:
     """Which run stands for each of the sweep's configs (trained now or before)."""
-    _client().log_text(parent_id, json.dumps(runs, indent=1), tracking.SWEEP_RUNS_FILE)
+    tracking.client().log_text(parent_id, json.dumps(runs, indent=1), tracking.SWEEP_RUNS_FILE)
 
 
 def artifact_bytes(parent_id: str) -> int:

@@ -11,13 +11,11 @@ loading it. The local tracking server a sweep starts is `bertrep.tracking.server
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import os
 import signal
 import time
-import urllib.parse
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -162,30 +160,6 @@ def activations_from(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def source_tables(model_uri: str, digests: dict[str, str]) -> dict[str, str]:
-    """The activation tables the run behind a registered model logged on its probe sets,
-    at its last step, where that run's probe set has the digest in `digests`:
-    {probe task: runs:/<id>/activations/<task>/step_<s>.parquet}. Empty for a model that
-    is not a registered version (a folder, a hub id, runs:/)."""
-    try:
-        name, version = parse_model_uri(model_uri)
-    except ValueError:
-        return {}
-    run_id = _client().get_model_version(name, version).run_id
-    if not run_id:
-        return {}
-    tags = _client().get_run(run_id).data.tags
-    out = {}
-    for task, digest in digests.items():
-        if probe_digests(tags).get(task) != digest:
-            continue
-        files = [f.path for f in _client().list_artifacts(run_id, activations_dir(task))]
-        if files:
-            last = max(files, key=activations_step)
-            out[task] = f"{RUNS_URI}{run_id}/{last}"
-    return out
-
-
 PROBE_CONTEXT = "probe"  # the context of a run's probe sets among its MLflow dataset inputs
 PROBE_TAG = "probe."  # probe.<task>: the digest of the run's probe set of that task
 EXTRACT_MODE = "extract"  # the mode of a run that only reads a model out on probe sets
@@ -222,11 +196,11 @@ def is_server_uri(uri: str) -> bool:
     return uri.startswith(SERVER_URIS)
 
 
-def _client() -> mlflow.MlflowClient:
+def client() -> mlflow.MlflowClient:
     return mlflow.MlflowClient()
 
 
-def _metrics(values: dict[str, float], step: int = 0) -> list:
+def metric_entities(values: dict[str, float], step: int = 0) -> list:
     now = int(time.time() * 1000)
     return [mlflow.entities.Metric(k, float(v), now, step) for k, v in values.items()]
 
@@ -278,7 +252,7 @@ def log_config(params: dict[str, str]) -> None:
     """Log the resolved config: params (those `mlflow run` has not logged already, in
     the user's spelling) and the exact values as `config.json`."""
     run = mlflow.active_run()
-    existing = _client().get_run(run.info.run_id).data.params
+    existing = client().get_run(run.info.run_id).data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
     mlflow.log_dict(params, CONFIG_FILE)
 
@@ -291,7 +265,7 @@ class MetricLogger:
     """Buffers metrics and sends them in batches (one request per `every` points)."""
 
     def __init__(self, run_id: str, every: int = 200) -> None:
-        self.client = _client()
+        self.client = client()
         self.run_id = run_id
         self.every = every
         self.buffer: list = []
@@ -300,7 +274,7 @@ class MetricLogger:
         values = {k: float(v) for k, v in metrics.items()}
         # MLflow stores NaN but not inf; a diverged loss is still worth seeing.
         values = {k: math.copysign(1e308, v) if math.isinf(v) else v for k, v in values.items()}
-        self.buffer += _metrics(values, step)
+        self.buffer += metric_entities(values, step)
         if len(self.buffer) >= self.every:
             self.flush()
 
@@ -370,96 +344,6 @@ def _experiment_name() -> str:
     return os.environ.get(env.MLFLOW_EXPERIMENT_NAME, "")
 
 
-# --- the model registry: source models ---
-
-
-def ensure_registered_model(task: str) -> None:
-    """Create `bertrep-<task>` unless it exists; safe when parallel trials race to it."""
-    client = _client()
-    name = registered_model_name(task)
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        try:
-            client.create_registered_model(name, tags={TASK: task})
-        except mlflow.exceptions.MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-
-
-def register_model(task: str, source: str, run_id: str, tags: dict, alias: bool = True) -> str:
-    """Register `source` (a logged model's models:/m-... URI, or runs:/<id>/<path>) as a
-    new version of `bertrep-<task>` tagged with `tags` and the run; its models:/ URI.
-    With `alias`, seed<s> (tags[SEED] = s) moves to it: the newest registered (and, as
-    train passes it, not diverged) source of that seed, whatever its base model."""
-    name = registered_model_name(task)
-    ensure_registered_model(task)
-    tags = {k: str(v) for k, v in tags.items()} | {RUN_ID: run_id}
-    logged = source.removeprefix(MODELS_URI) if source.startswith(LOGGED_MODELS_URI) else None
-    version = _client().create_model_version(
-        name, source=source, run_id=run_id, tags=tags, model_id=logged
-    )
-    if alias and SEED in tags:
-        _client().set_registered_model_alias(name, f"seed{tags[SEED]}", version.version)
-    return f"{MODELS_URI}{name}/{version.version}"
-
-
-def is_local_location(location: str) -> bool:
-    """An artifact location on this machine's disk (a path or file: URI), not a store
-    such as mlflow-artifacts:/ (through a server), s3:// or dbfs:/."""
-    scheme = urllib.parse.urlparse(location).scheme
-    return scheme in ("", "file") or len(scheme) == 1  # C:\... is a path
-
-
-def model_bytes(model_uri: str) -> int:
-    """The size MLflow recorded for a logged model (its MLmodel's model_size_bytes)."""
-    return int(mlflow.models.Model.load(model_uri).model_size_bytes or 0)
-
-
-def find_registered(task: str, tags: dict) -> str | None:
-    """The newest registered version of `bertrep-<task>` carrying `tags`, as a
-    models:/ URI, or None."""
-    query = f"name = '{registered_model_name(task)}'" + "".join(
-        f" and tags.{k} = '{v}'" for k, v in tags.items()
-    )
-    versions = _client().search_model_versions(query)
-    if not versions:
-        return None
-    newest = max(versions, key=lambda v: int(v.version))
-    return f"{MODELS_URI}{newest.name}/{newest.version}"
-
-
-def find_source(task: str, config_key: str) -> str | None:
-    """The model tuned on `task` alone: the newest registered version of `bertrep-<task>`
-    tagged with the source run's config key (TrainConfig.key()), as a models:/ URI."""
-    return find_registered(task, {CONFIG_KEY: config_key})
-
-
-def download_model(uri: str) -> str:
-    """A local folder holding the checkpoint at an MLflow URI (models:/name/version,
-    models:/name@alias, runs:/id/checkpoint). Downloads are cached by resolved source."""
-    source = uri
-    if uri.startswith(MODELS_URI):
-        name, _, ref = uri[len(MODELS_URI) :].partition("/")
-        if "@" in name:
-            name, alias = name.split("@", 1)
-            version = _client().get_model_version_by_alias(name, alias)
-        elif ref:
-            version = _client().get_model_version(name, ref)
-        else:
-            raise ValueError(f"model URI {uri} names no version: use models:/NAME/VERSION")
-        source = version.source
-    key = hashlib.sha256(f"{mlflow.get_tracking_uri()}|{source}".encode()).hexdigest()[:20]
-    target = env.cache_root() / "models" / key
-    done = target / ".complete"
-    if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target))
-        (target / ".path").write_text(local)
-        done.touch()
-    return (target / ".path").read_text()
-
-
 # --- sweeps: parent runs, trial children, resume ---
 
 SWEEP_NAME = "sweep.name"
@@ -499,12 +383,3 @@ ANALYSIS_SECONDS = "analysis/seconds"
 
 def table_artifact(name: str) -> str:
     return f"{TABLES_DIR}/{name}.parquet"
-
-
-def runs_page(store: str, experiment_id: str) -> str:
-    """How to see an experiment's runs in the MLflow UI (whose default page for an
-    experiment, the GenAI overview, is empty for this project)."""
-    page = f"#/experiments/{experiment_id}/runs"
-    if is_server_uri(store):
-        return f"{store.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {store}, then http://127.0.0.1:5000/{page}"

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -248,3 +249,19 @@ def through_server(log_dir: str | Path = LOG_DIR) -> Iterator[str]:
     through its server (mlflow-artifacts:/ URIs) can only be read back through one."""
     with serve(store_uri(), Path(log_dir).resolve()) as uri, tracking_at(uri):
         yield uri
+
+
+def is_local_location(location: str) -> bool:
+    """An artifact location on this machine's disk (a path or file: URI), not a store
+    such as mlflow-artifacts:/ (through a server), s3:// or dbfs:/."""
+    scheme = urllib.parse.urlparse(location).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # C:\... is a path
+
+
+def runs_page(store: str, experiment_id: str) -> str:
+    """How to see an experiment's runs in the MLflow UI (whose default page for an
+    experiment, the GenAI overview, is empty for this project)."""
+    page = f"#/experiments/{experiment_id}/runs"
+    if tracking.is_server_uri(store):
+        return f"{store.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {store}, then http://127.0.0.1:5000/{page}"

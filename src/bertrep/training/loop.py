@@ -31,7 +31,8 @@ from bertrep.data.encode import (
     encode_cached,
     eval_batches,
 )
-from bertrep.data.tasks import TaskSpec, chance_score, get_task, load_split, score
+from bertrep.data.metrics import chance_score, score
+from bertrep.data.tasks import TaskSpec, get_task, load_split
 from bertrep.maths.transfer import normalize
 from bertrep.training.config import Runtime, TrainConfig
 from bertrep.training.model import TaskModel, loss_fn, predictions

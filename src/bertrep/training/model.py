@@ -33,6 +33,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from bertrep import tracking
 from bertrep.data.tasks import TaskSpec, get_task
 from bertrep.errors import InputError, UnavailableError
+from bertrep.tracking import registry
 from bertrep.training.config import MINILM
 
 HEADS_FILE = "heads.safetensors"
@@ -56,7 +57,7 @@ def resolve_model_path(base_model: str) -> str:
     if base_model == MINILM:
         return str(minilm_path())
     if base_model.startswith((*tracking.MODEL_URIS, tracking.ARTIFACTS_URI)):
-        return tracking.download_model(base_model)
+        return registry.download_model(base_model)
     if os.path.isdir(base_model):
         return str(Path(base_model).resolve())
     if base_model.startswith((".", "/", "~")):

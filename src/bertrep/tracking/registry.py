@@ -1,0 +1,135 @@
+"""The model registry: source models registered by task, found again by their config
+key, downloaded once into the local cache; the activation tables their runs logged.
+
+    uri = register_model(task, source, run_id, tags)    # models:/bertrep-<task>/<version>
+    uri = find_source(task, config_key)                 # or None
+    folder = download_model(uri)
+
+Names and URI schemes are `bertrep.tracking`'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from bertrep import env
+from bertrep.tracking import (
+    CONFIG_KEY,
+    LOGGED_MODELS_URI,
+    MODELS_URI,
+    RUN_ID,
+    RUNS_URI,
+    SEED,
+    TASK,
+    activations_dir,
+    activations_step,
+    client,
+    mlflow,
+    parse_model_uri,
+    probe_digests,
+    registered_model_name,
+)
+
+
+def ensure_registered_model(task: str) -> None:
+    """Create `bertrep-<task>` unless it exists; safe when parallel trials race to it."""
+    mlflow_client = client()
+    name = registered_model_name(task)
+    try:
+        mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        try:
+            mlflow_client.create_registered_model(name, tags={TASK: task})
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+def register_model(task: str, source: str, run_id: str, tags: dict, alias: bool = True) -> str:
+    """Register `source` (a logged model's models:/m-... URI, or runs:/<id>/<path>) as a
+    new version of `bertrep-<task>` tagged with `tags` and the run; its models:/ URI.
+    With `alias`, seed<s> (tags[SEED] = s) moves to it: the newest registered (and, as
+    train passes it, not diverged) source of that seed, whatever its base model."""
+    name = registered_model_name(task)
+    ensure_registered_model(task)
+    tags = {k: str(v) for k, v in tags.items()} | {RUN_ID: run_id}
+    logged = source.removeprefix(MODELS_URI) if source.startswith(LOGGED_MODELS_URI) else None
+    version = client().create_model_version(
+        name, source=source, run_id=run_id, tags=tags, model_id=logged
+    )
+    if alias and SEED in tags:
+        client().set_registered_model_alias(name, f"seed{tags[SEED]}", version.version)
+    return f"{MODELS_URI}{name}/{version.version}"
+
+
+def model_bytes(model_uri: str) -> int:
+    """The size MLflow recorded for a logged model (its MLmodel's model_size_bytes)."""
+    return int(mlflow.models.Model.load(model_uri).model_size_bytes or 0)
+
+
+def find_registered(task: str, tags: dict) -> str | None:
+    """The newest registered version of `bertrep-<task>` carrying `tags`, as a
+    models:/ URI, or None."""
+    query = f"name = '{registered_model_name(task)}'" + "".join(
+        f" and tags.{k} = '{v}'" for k, v in tags.items()
+    )
+    versions = client().search_model_versions(query)
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    return f"{MODELS_URI}{newest.name}/{newest.version}"
+
+
+def find_source(task: str, config_key: str) -> str | None:
+    """The model tuned on `task` alone: the newest registered version of `bertrep-<task>`
+    tagged with the source run's config key (TrainConfig.key()), as a models:/ URI."""
+    return find_registered(task, {CONFIG_KEY: config_key})
+
+
+def download_model(uri: str) -> str:
+    """A local folder holding the checkpoint at an MLflow URI (models:/name/version,
+    models:/name@alias, runs:/id/checkpoint). Downloads are cached by resolved source."""
+    source = uri
+    if uri.startswith(MODELS_URI):
+        name, _, ref = uri[len(MODELS_URI) :].partition("/")
+        if "@" in name:
+            name, alias = name.split("@", 1)
+            version = client().get_model_version_by_alias(name, alias)
+        elif ref:
+            version = client().get_model_version(name, ref)
+        else:
+            raise ValueError(f"model URI {uri} names no version: use models:/NAME/VERSION")
+        source = version.source
+    key = hashlib.sha256(f"{mlflow.get_tracking_uri()}|{source}".encode()).hexdigest()[:20]
+    target = env.cache_root() / "models" / key
+    done = target / ".complete"
+    if not done.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target))
+        (target / ".path").write_text(local)
+        done.touch()
+    return (target / ".path").read_text()
+
+
+def source_tables(model_uri: str, digests: dict[str, str]) -> dict[str, str]:
+    """The activation tables the run behind a registered model logged on its probe sets,
+    at its last step, where that run's probe set has the digest in `digests`:
+    {probe task: runs:/<id>/activations/<task>/step_<s>.parquet}. Empty for a model that
+    is not a registered version (a folder, a hub id, runs:/)."""
+    try:
+        name, version = parse_model_uri(model_uri)
+    except ValueError:
+        return {}
+    run_id = client().get_model_version(name, version).run_id
+    if not run_id:
+        return {}
+    tags = client().get_run(run_id).data.tags
+    out = {}
+    for task, digest in digests.items():
+        if probe_digests(tags).get(task) != digest:
+            continue
+        files = [f.path for f in client().list_artifacts(run_id, activations_dir(task))]
+        if files:
+            last = max(files, key=activations_step)
+            out[task] = f"{RUNS_URI}{run_id}/{last}"
+    return out
