@@ -79,6 +79,13 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def fixture_data() -> Path:
+    """A few dozen real rows per task (tests/data, built by tests/data/build.py): golden
+    numbers that hold without the data folder."""
+    return REPO / "tests" / "data"
+
+
 def make_tiny_bert(folder: Path, tokenizer, layers: int = 2, width: int = 32, seed: int = 0):
     import torch
     from transformers import BertConfig, BertModel
