@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 # `mlflow run --env-manager local` runs `python` from PATH: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo train-one test test-quick test-slow lint format ui bench clean analyze figures
+.PHONY: data install demo train-one test test-quick test-slow lint format ui bench clean analyze figures
 
 install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -28,6 +28,10 @@ demo: install
 train-one: install
 	$(BIN)/mlflow run . -e train --env-manager local \
 		-P task=sst2 -P base_model=minilm -P max_steps=60 -P lr=1e-4
+
+# The built-in tasks' data from the hub into DATA (resumable): then `make demo DATA=...`.
+data: install
+	HF_HUB_OFFLINE=0 $(BIN)/python -m bertrep.data $(DATA)
 
 test: install
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, copy_study
@@ -432,3 +433,62 @@ def test_sweep_on_a_two_node_ray_cluster(tiny_model, data_dir, tmp_path, ray_clu
     assert len(nodes) == 2
     # every trial's artifacts went through the sweep's server, whichever node ran it
     assert all(r.info.artifact_uri.startswith(tracking.ARTIFACTS_URI) for r in finished)
+
+
+@pytest.mark.slow
+def test_an_aufc_sweep_over_an_own_task_through_the_analysis(tiny_model, fixture_data, tmp_path):
+    """An own task (a task file and CSV files of real rows) as target and as source beside
+    SST-2, on the fixture's rows (no data folder), then the analysis naming its file."""
+    from test_task_files import sst2_as_csv
+
+    own = sst2_as_csv(tmp_path / "mine", fixture_data)
+    grid = [
+        {"task": ["sst2", str(own)], "source_task": "base", "frozen_layers": [0, 2],
+         "seed": 0, "probe_tasks": f"sst2,{own}", "save_checkpoint": True},
+        {"task": ["sst2", str(own)], "source_task": ["sst2", str(own)], "frozen_layers": [0, 2],
+         "seed": 0},
+        {"mode": "extract", "probe_tasks": f"sst2,{own}"},
+    ]  # fmt: skip
+    spec = yaml.safe_load(SMOKE.read_text()) | {
+        "grid": grid,
+        "per_task": {},
+        "sources": {"probe_tasks": f"sst2,{own}"},
+    }
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(spec))
+    store = store_env(tmp_path, fixture_data)
+    done = subprocess.run(sweep_cmd(tiny_model, spec=tmp_path / "own.yaml"), env=store,
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    finished = check_complete(store, 13)  # 2 targets x (base + 2 sources) x k 0, 2; read-out
+    assert {r.data.tags[tracking.TASK] for r in finished} == {"sst2", "reviews"}
+    assert {r.data.tags[tracking.SOURCE_TASK] for r in finished} == {"base", "sst2", "reviews"}
+    overrides = (f"tasks=[sst2,{own}],sweeps={{aufc: smoke-aufc}},bootstrap.replicates=0,"
+                 "diagnostics=false,predictors=false")  # fmt: skip
+    cmd = [sys.executable, "-m", "bertrep.analyze", "--spec", str(REPO / "analysis" / "smoke.yaml"),
+           "--overrides", overrides]  # fmt: skip
+    done = subprocess.run(cmd, env=store, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    mlflow.set_tracking_uri(store[env.MLFLOW_TRACKING_URI])
+    analysis = [r for r in runs(store) if r.data.tags.get(tracking.KIND) == "analysis"][0]
+    with server.serve(store[env.MLFLOW_TRACKING_URI], tmp_path / "logs") as uri:
+        with server.tracking_at(uri):  # the artifacts went through the sweep's server
+            folder = mlflow.artifacts.download_artifacts(
+                run_id=analysis.info.run_id, artifact_path="tables", dst_path=str(tmp_path)
+            )
+
+    aufc = pd.read_parquet(Path(folder) / "aufc.parquet")
+    cells = aufc[aufc.variant == "aufc"].set_index(["source", "target"])
+    for cell in [
+        ("base", "reviews"),
+        ("reviews", "sst2"),
+        ("reviews", "reviews"),
+        ("sst2", "reviews"),
+    ]:
+        assert cell in cells.index and cells.loc[cell, "status"] != "missing", cell
+    best = pd.read_parquet(Path(folder) / "best.parquet").set_index("task")
+    assert best.loc["reviews", "metric"] == "f1_macro"
+    # every trial on it scored against its chance: the majority class (pos, 25 of the 48
+    # rows) alone, F1 2·25/73 over two classes, whatever 40 updates of the tiny model reach
+    scores = pd.read_parquet(Path(folder) / "scores.parquet")
+    mine = scores[scores.target == "reviews"]
+    assert len(mine) == 6 and mine.chance.to_numpy() == pytest.approx([25 / 73] * 6)

@@ -7,9 +7,11 @@
     bertrep figures --out figures
     bertrep study --setting smoke
     bertrep tasks --data_dir ../shared/data
+    bertrep data ~/data/bertrep
 
 `bertrep STAGE ...` is `python -m bertrep.STAGE ...` (which keeps working, as do the
-MLproject entry points that run it): the same function, the same flags.
+MLproject entry points that run it): the same function, the same flags. `bertrep data`
+is `python -m bertrep.data`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ STAGES = {
     "figures": ("bertrep.figures", "redraw every figure of an analysis run from its tables"),
     "study": ("bertrep.study", "the three sweeps of a setting, the analysis and figures"),
     "tasks": ("bertrep.tasks", "check a data folder: every task's splits, sizes, chance"),
+    "data": ("bertrep.data.fetch", "write the built-in tasks' data from the hub into a folder"),
 }
 
 

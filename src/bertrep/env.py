@@ -14,6 +14,7 @@ from pathlib import Path
 DATA_DIR = "BERTREP_DATA_DIR"  # the local data folder when a config names none
 STORE = "BERTREP_STORE"  # the store behind the server bertrep.study shares with its stages
 CACHE_DIR = "BERTREP_CACHE_DIR"  # tokenized splits, downloaded models (~/.cache/bertrep)
+TASKS_DIR = "BERTREP_TASKS"  # a folder of task files: own tasks by short name
 
 # Hugging Face: where the hub cache lies, and whether to stay offline
 HF_HOME = "HF_HOME"
@@ -36,9 +37,14 @@ RAY_AIR_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"  # "0": Tune's older console output, s
 
 # What a sweep's trials need on any node (workers of a separate Ray cluster do not
 # inherit the driver's environment); the sweep adds MLFLOW_TRACKING_URI, its server.
-FORWARDED = (DATA_DIR, CACHE_DIR, HF_HOME, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)
+FORWARDED = (DATA_DIR, CACHE_DIR, TASKS_DIR, HF_HOME, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)
 
 
 def cache_root() -> Path:
     """$BERTREP_CACHE_DIR, else ~/.cache/bertrep."""
     return Path(os.environ.get(CACHE_DIR, Path.home() / ".cache" / "bertrep"))
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is off limits ($HF_HUB_OFFLINE set true)."""
+    return os.environ.get(HF_HUB_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,6 +1,6 @@
-"""`python -m bertrep.tasks --data_dir DIR` (`bertrep tasks`): check a data folder, every
-task's splits, their sizes and chance scores. The task specs and loaders are
-`bertrep.data.tasks`."""
+"""`python -m bertrep.tasks --data_dir DIR` (`bertrep tasks`): every known task (built-in,
+and own ones in $BERTREP_TASKS), its splits, their sizes and chance scores, and where
+they are read from. The task specs and loaders are `bertrep.data.tasks`."""
 
 from __future__ import annotations
 
@@ -8,23 +8,24 @@ import argparse
 import sys
 
 from bertrep.data.metrics import chance_score
-from bertrep.data.tasks import TASKS, DataError, load_split
+from bertrep.data.tasks import DataError, get_task, known_tasks, load_split
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m bertrep.tasks --data_dir DIR`: check every task's files and print counts."""
+    """Check every known task's data: splits, sizes, chance scores, sources."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--data_dir", default="")
     args = parser.parse_args(argv)
-    for spec in TASKS.values():
+    for name in known_tasks():
+        spec = get_task(name)
         for split in spec.splits:
             try:
                 examples, source = load_split(spec, split, data_dir=args.data_dir)
-            except (FileNotFoundError, DataError) as e:
-                print(f"{spec.name:5s} {split:22s} -- {e}", file=sys.stderr)
+            except (FileNotFoundError, DataError, ValueError) as e:
+                print(f"{spec.name:8s} {split:22s} -- {e}", file=sys.stderr)
                 continue
             print(
-                f"{spec.name:5s} {split:22s} {len(examples):7d}  chance "
+                f"{spec.name:8s} {split:22s} {len(examples):7d}  chance "
                 f"{chance_score(spec, examples):.3f}  {source}"
             )
 

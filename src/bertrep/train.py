@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from bertrep import tracking
+from bertrep.data.tasks import get_task
 from bertrep.errors import InputError
 from bertrep.maths.forgetting import drift
 from bertrep.maths.transfer import normalize
@@ -220,7 +221,24 @@ def run_tags(cfg: TrainConfig, model: TaskModel, target: TaskData | None, extra:
     }
     if target is not None:
         tags |= {tracking.TRAIN_FILE: target.train_file, tracking.EVAL_FILE: target.eval_file}
+    for name, digest in cfg.own_tasks().items():
+        spec = get_task(name)
+        tags |= {f"{tracking.TASK_FILE}{name}": spec.source,
+                 f"{tracking.TASK_DIGEST}{name}": digest,
+                 f"{tracking.TASK_LABELS}{name}": ",".join(spec.labels)}  # fmt: skip
     return {k: str(v) for k, v in tags.items()}
+
+
+def check_task_names(cfg: TrainConfig) -> None:
+    """Two different task files may not share a name in one store: one error naming both."""
+    for name, digest in cfg.own_tasks().items():
+        source = get_task(name).source
+        other = registry.task_file_of_name(name, digest, source)
+        if other:
+            raise InputError(
+                f"task name {name!r} is taken in this store by {other}; {source} is another "
+                "task: rename one"
+            )
 
 
 def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = None) -> str:
@@ -232,6 +250,7 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=precision)
+    check_task_names(cfg)
     two_tasks = cfg.mode in TWO_TASK_MODES
     heads = [cfg.source_task, cfg.task] if two_tasks else [cfg.task]
     model, tokenizer, base_meta = load_model(cfg.base_model, heads)

@@ -28,6 +28,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from bertrep import env, tracking
+from bertrep.data import tasks
+from bertrep.data.tasks import TASKS
+from bertrep.errors import InputError
 from bertrep.sweeps import runs as sweep_runs
 
 
@@ -73,6 +76,17 @@ class TrainRun:
         start = "base" if self.source_task == tracking.BASE_SOURCE else self.source_task
         how = {"single": "from", "sequential": "after", "shuffled": "mixed with"}[self.mode]
         return f"{self.task} {how} {start}, k={self.frozen_layers}, seed {self.seed}"
+
+
+def _know_own_tasks(tags: dict) -> None:
+    """Read the task files a run names (where they still are), so that its own tasks are
+    known by name here too; one that moved or changed is left to the spec to name."""
+    for key, path in tags.items():
+        if key.startswith(tracking.TASK_FILE) and key[len(tracking.TASK_FILE) :] not in TASKS:
+            try:
+                tasks.register(path)
+            except (InputError, OSError):
+                pass
 
 
 def _int(tags: dict, key: str, default: int = 0) -> int:
@@ -175,6 +189,7 @@ class Store:
 
     def train_run(self, run: Run) -> TrainRun:
         tags, metrics = run.data.tags, run.data.metrics
+        _know_own_tasks(tags)
         base = tags.get(tracking.BASE_MODEL, "")
         return TrainRun(
             run_id=run.info.run_id,

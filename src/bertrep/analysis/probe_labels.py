@@ -72,7 +72,7 @@ def _labels(task, digest, root_model, settings, data_dir: str, data_files: str) 
     probe = build_probe_set(
         data, task=task, split=spec.eval_split, file=file,
         tokenizer_digest=tokenizer_digest(tokenizer), excluded=excluded_ids(tokenizer),
-        max_length=max_length, n_tokens=n_tokens, seed=seed,
+        max_length=max_length, n_tokens=n_tokens, seed=seed, task_digest=spec.digest,
     )  # fmt: skip
     if probe.digest != digest:
         raise MissingInput(

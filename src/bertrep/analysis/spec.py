@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bertrep.analysis.intervals import BootstrapRule
 from bertrep.analysis.tables import AufcRule
-from bertrep.data.tasks import TASKS
+from bertrep.data.tasks import get_task
 from bertrep.errors import InputError
 from bertrep.maths.cka import ESTIMATORS
 from bertrep.sweeps.spec import KINDS, parse_overrides, read_yaml
@@ -52,10 +52,10 @@ def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
     for kind in sweeps:
         if kind not in KINDS:
             raise InputError(f"{source}: unknown sweep kind {kind!r} in sweeps")
-    tasks = tuple(raw.get("tasks", AnalysisSpec.tasks))
-    for task in tasks:
-        if task not in TASKS:
-            raise InputError(f"{source}: unknown task {task!r} in tasks")
+    try:  # a task file counts by its name
+        tasks = tuple(get_task(str(t)).name for t in raw.get("tasks", AnalysisSpec.tasks))
+    except (ValueError, FileNotFoundError) as error:
+        raise InputError(f"{source}: tasks: {error}") from None
     estimators = tuple(raw.get("estimators", ESTIMATORS))
     if not estimators or any(e not in ESTIMATORS for e in estimators):
         raise InputError(f"{source}: estimators must be among {', '.join(ESTIMATORS)}")

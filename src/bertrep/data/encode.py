@@ -121,6 +121,7 @@ def encode_cached(
                 len(examples),
                 tokenizer_digest(tokenizer),
                 max_length,
+                *([spec.digest, spec.labels] if spec.own else []),  # an edited task file
             ]
         ).encode()
     ).hexdigest()[:24]

@@ -14,7 +14,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from bertrep.data.tasks import get_task, local_file, parse_data_files, resolve_data_dir
+from bertrep.data.tasks import (
+    get_task,
+    hub_id,
+    local_file,
+    parse_data_files,
+    resolve_data_dir,
+    source_of,
+)
 
 MINILM = "minilm"  # the shipped all-MiniLM-L6-v2, a name and never a folder
 # What names a local model folder: its config, tokenizer and weights.
@@ -45,16 +52,26 @@ def split_digest(
     data_dir: str | os.PathLike | None = None,
     data_files: str | dict[str, str] | None = None,
 ) -> str:
-    """What `load_split` reads, named by content: the sha256 of the local file, or on the
-    hub (no data folder) the dataset, config, revision and split."""
+    """What `load_split` reads, named by content: the sha256 of the local file (of a
+    save_to_disk split's files), or on the hub the dataset, config, revision and split."""
     spec = get_task(task)
-    folder = resolve_data_dir(data_dir)
-    if folder is None:
-        revision = f"@{spec.hub_revision}" if spec.hub_revision else ""
-        return f"hf://{spec.hub_path}/{spec.hub_config or ''}{revision}:{split}"
+    source = source_of(spec, data_dir)
+    if source == "hub":
+        return hub_id(spec, split)
+    if source == "disk":
+        return folder_digest(Path(spec.disk) / split)
     if isinstance(data_files, str):
         data_files = parse_data_files(data_files)
-    return file_digest(local_file(spec, split, folder, data_files))
+    return file_digest(local_file(spec, split, resolve_data_dir(data_dir), data_files))
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 of a folder's files: their names (relative) and contents."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist")
+    parts = [f"{p.relative_to(folder)}={file_digest(p)}" for p in sorted(folder.rglob("*"))
+             if p.is_file()]  # fmt: skip
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def data_digest(

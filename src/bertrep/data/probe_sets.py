@@ -72,8 +72,11 @@ def build_probe_set(
     max_length: int,
     n_tokens: int,
     seed: int,
+    task_digest: str = "",
 ) -> ProbeSet:
-    """Draw the probe tokens of one split. Fewer than n_tokens available: take them all."""
+    """Draw the probe tokens of one split. Fewer than n_tokens available: take them all.
+    `task_digest`: an own task file's content digest (its labels, columns, metric), part
+    of the identity; built-in tasks have none, so their digests stay as they were."""
     sentence, position, token_id = [], [], []
     for i, ids in enumerate(encoded.input_ids):
         keep = np.flatnonzero(~np.isin(ids, list(excluded)))
@@ -98,6 +101,8 @@ def build_probe_set(
         "seed": seed,
         "rule": SELECTION_RULE,
     }
+    if task_digest:
+        meta["task_digest"] = task_digest
     # The data's own tokens enter the identity too: the same split name read from
     # another file (a sample, a different release) is another probe set.
     data = hashlib.sha256(np.concatenate(encoded.input_ids).astype(np.int32).tobytes())

@@ -1,198 +1,118 @@
-"""Tasks: what each task's data looks like, where it comes from, how it is scored.
+"""Tasks: which ones there are, and reading a split of one.
 
-Every quirk of a task (text columns, label set, metric, eval split, file names)
-is data in its `TaskSpec`, not an `if task == ...` somewhere else.
+A task is named three ways, wherever a task is accepted (train's --task, a sweep's
+task and source_task axes, probe tasks, an analysis spec's tasks):
+- a built-in task: sst2, stsb, mnli, rte, pos (task files in bertrep/data/builtin_tasks);
+- a task file: a path ending in .yaml or .yml (bertrep.data.task_spec says what it holds);
+- a short name: <name>.yaml in the folder $BERTREP_TASKS names.
+Once read, a task file's task is known by its name in this process.
 
-Two sources:
-- a local folder (`--data_dir` or `BERTREP_DATA_DIR`): GLUE's own layout
+Where a built-in task's rows come from:
+- a local data folder (`--data_dir` or `BERTREP_DATA_DIR`): GLUE's own layout
   (`<data_dir>/SST-2/train.tsv`, `MNLI/dev_matched.tsv`, ...; lower-case folder names
   such as `sst2/` work too) and CoNLL-2003 (`conll2003/{train,valid,test}.txt`).
   Other file names per split: `--data_files "train=my_train.tsv,validation_matched=/abs/dev.tsv"`
   (relative names are taken inside the task's folder).
 - the Hugging Face hub, when no data folder is given.
+An own task's rows come from where its file says (files, disk or hub).
 
     >>> from bertrep.data.tasks import get_task, load_split
-    >>> examples = load_split(get_task("sst2"), "validation", data_dir="../shared/data")
+    >>> examples, source = load_split(get_task("sst2"), "validation", data_dir="../shared/data")
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import os
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from bertrep import env
-from bertrep.errors import InputError
+from bertrep.data.readers import (
+    Example,
+    Row,
+    class_names,
+    raw_labels,
+    read_file,
+    table_rows,
+    to_examples,
+)
+from bertrep.data.task_spec import DataError, TaskSpec, read_task_file
 
-# The 47 Penn Treebank tags of CoNLL-2003, in the order the Hugging Face conll2003
-# dataset numbers them, so hub and local data share one label index.
-CONLL_POS_TAGS = (
-    '"', "''", "#", "$", "(", ")", ",", ".", ":", "``", "CC", "CD", "DT", "EX", "FW", "IN",
-    "JJ", "JJR", "JJS", "LS", "MD", "NN", "NNP", "NNPS", "NNS", "NN|SYM", "PDT", "POS", "PRP",
-    "PRP$", "RB", "RBR", "RBS", "RP", "SYM", "TO", "UH", "VB", "VBD", "VBG", "VBN", "VBP",
-    "VBZ", "WDT", "WP", "WP$", "WRB",
-)  # fmt: skip
+__all__ = ["DataError", "Example", "TaskSpec"]
 
-
-class DataError(InputError):
-    """A data file that cannot be read as the task says; the message names file and row."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task's quirks, as data.
-
-    kind: "classification" (one label per text or text pair), "regression" (one float),
-    or "tagging" (one label per word; the first sub-token carries it).
-    labels: class names in index order; for TSV files also the spellings accepted
-    (`label_aliases` maps other spellings, e.g. GLUE's "0"/"1", to these names).
-    local_files: split -> candidate file names inside the task folder, first found wins.
-    """
-
-    name: str
-    kind: str
-    metric: str
-    eval_split: str
-    display_name: str = ""  # how figures and tables name it (SST-2); else its name
-    text_columns: tuple[str, ...] = ()
-    label_column: str = "label"
-    labels: tuple[str, ...] = ()
-    label_aliases: dict[str, str] = field(default_factory=dict)
-    folders: tuple[str, ...] = ()
-    local_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    hub_path: str = ""
-    hub_config: str | None = None
-    hub_revision: str | None = None
-    hub_text_columns: tuple[str, ...] = ()
-    hub_label_column: str = "label"
-
-    @property
-    def num_labels(self) -> int:
-        """Output width of the task head: classes, 1 for regression, tags for tagging."""
-        return 1 if self.kind == "regression" else len(self.labels)
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.local_files)
-
-
+BUILTIN_FOLDER = Path(__file__).parent / "builtin_tasks"
+BUILTIN_ORDER = ("sst2", "stsb", "mnli", "rte", "pos")
 TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec(
-            name="sst2",
-            display_name="SST-2",
-            kind="classification",
-            metric="accuracy",
-            eval_split="validation",
-            text_columns=("sentence",),
-            labels=("0", "1"),
-            folders=("SST-2", "sst2"),
-            local_files={"train": ("train.tsv",), "validation": ("dev.tsv",)},
-            hub_path="nyu-mll/glue",
-            hub_config="sst2",
-            hub_text_columns=("sentence",),
-        ),
-        TaskSpec(
-            name="stsb",
-            display_name="STS-B",
-            kind="regression",
-            metric="pearson",
-            eval_split="validation",
-            text_columns=("sentence1", "sentence2"),
-            label_column="score",
-            folders=("STS-B", "stsb"),
-            local_files={"train": ("train.tsv",), "validation": ("dev.tsv",)},
-            hub_path="nyu-mll/glue",
-            hub_config="stsb",
-            hub_text_columns=("sentence1", "sentence2"),
-        ),
-        TaskSpec(
-            name="mnli",
-            display_name="MNLI",
-            kind="classification",
-            metric="accuracy",
-            eval_split="validation_matched",
-            text_columns=("sentence1", "sentence2"),
-            label_column="gold_label",
-            # The GLUE hub config numbers them in this order.
-            labels=("entailment", "neutral", "contradiction"),
-            folders=("MNLI", "mnli"),
-            # After GLUE's own names, the real but partial files of an offline copy
-            # (a 9,999-pair train sample, a 1,000-pair dev sample; see data SOURCES.md).
-            # The file actually read is logged with every run.
-            local_files={
-                "train": ("train.tsv", "train_sample_9999.tsv"),
-                "validation_matched": ("dev_matched.tsv", "dev_matched_textfooler1k_tok.tsv"),
-                "validation_mismatched": (
-                    "dev_mismatched.tsv",
-                    "dev_mismatched_textfooler1k_tok.tsv",
-                ),
-            },
-            hub_path="nyu-mll/glue",
-            hub_config="mnli",
-            hub_text_columns=("premise", "hypothesis"),
-        ),
-        TaskSpec(
-            name="rte",
-            display_name="RTE",
-            kind="classification",
-            metric="accuracy",
-            eval_split="validation",
-            text_columns=("sentence1", "sentence2"),
-            labels=("entailment", "not_entailment"),
-            folders=("RTE", "rte"),
-            local_files={"train": ("train.tsv",), "validation": ("dev.tsv",)},
-            hub_path="nyu-mll/glue",
-            hub_config="rte",
-            hub_text_columns=("sentence1", "sentence2"),
-        ),
-        TaskSpec(
-            name="pos",
-            display_name="POS",
-            kind="tagging",
-            metric="accuracy",
-            eval_split="validation",
-            labels=CONLL_POS_TAGS,
-            folders=("conll2003", "CoNLL-2003", "conll"),
-            local_files={
-                "train": ("train.txt", "eng.train"),
-                "validation": ("valid.txt", "dev.txt", "eng.testa"),
-                "test": ("test.txt", "eng.testb"),
-            },
-            # Script datasets no longer load; this revision is the hub's Parquet export.
-            hub_path="eriktks/conll2003",
-            hub_revision="refs/convert/parquet",
-            hub_text_columns=("tokens",),
-            hub_label_column="pos_tags",
-        ),
-    )
+    name: read_task_file(BUILTIN_FOLDER / f"{name}.yaml", builtin=True) for name in BUILTIN_ORDER
 }
+CONLL_POS_TAGS = TASKS["pos"].labels  # the 47 tags, in the hub's order
+GET_DATA = (
+    "get one with `bertrep data DIR` and pass it (DATA=DIR for make, --data_dir or "
+    "BERTREP_DATA_DIR), or set HF_HUB_OFFLINE=0 to read the hub directly"
+)
+
+_OWN: dict[str, TaskSpec] = {}  # own tasks read in this process, by name
+
+
+def is_task_file(ref: str) -> bool:
+    return ref.lower().endswith((".yaml", ".yml"))
+
+
+def register(path: str | os.PathLike) -> TaskSpec:
+    """Read a task file and know its task by name from now on; a second, different
+    file of the same name (or a built-in name) is one error naming both."""
+    spec = read_task_file(path)
+    if spec.name in TASKS:
+        raise DataError(f"{spec.source}: name {spec.name!r} is a built-in task; choose another")
+    known = _OWN.get(spec.name)
+    if known and (known.source, known.digest) == (spec.source, spec.digest):
+        return known  # its labels already resolved
+    if known and known.digest != spec.digest and known.source != spec.source:
+        raise DataError(
+            f"two tasks are named {spec.name!r}: {known.source} and {spec.source}; rename one"
+        )
+    _OWN[spec.name] = spec = _with_labels(spec)
+    return spec
+
+
+def get_task(ref: str) -> TaskSpec:
+    """A built-in task by name, a task file by path, an own task read before (or in
+    $BERTREP_TASKS) by name."""
+    if is_task_file(ref):
+        return register(ref)
+    if ref in TASKS:
+        return TASKS[ref]
+    if ref in _OWN:
+        return _OWN[ref]
+    folder = os.environ.get(env.TASKS_DIR, "")
+    for suffix in (".yaml", ".yml"):
+        if folder and (Path(folder) / f"{ref}{suffix}").is_file():
+            return register(Path(folder) / f"{ref}{suffix}")
+    where = (
+        f", nor a task file in {folder}"
+        if folder
+        else f" (or a folder of them in ${env.TASKS_DIR})"
+    )
+    raise ValueError(
+        f"unknown task {ref!r}; known tasks: {', '.join(known_tasks())}; "
+        f"an own task is named by its task file (.yaml){where}"
+    )
+
+
+def known_tasks() -> list[str]:
+    """Built-in tasks, own tasks read in this process, and those in $BERTREP_TASKS."""
+    names = [*TASKS, *_OWN]
+    folder = os.environ.get(env.TASKS_DIR, "")
+    if folder and Path(folder).is_dir():
+        names += sorted(p.stem for p in Path(folder).glob("*.y*ml") if p.stem not in names)
+    return names
 
 
 def display_name(task: str) -> str:
     """How a person names a task (SST-2) or the pretrained model's row (base)."""
-    spec = TASKS.get(task)
+    spec = TASKS.get(task) or _OWN.get(task)
     return (spec.display_name or spec.name) if spec else task
-
-
-def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[name]
-
-
-@dataclass
-class Example:
-    """One example. texts: one or two strings, or the words of a tagged sentence.
-    label: class index, float score, or one tag index per word."""
-
-    texts: tuple[str, ...] | list[str]
-    label: int | float | list[int]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -202,7 +122,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
         return None
     path = Path(value).expanduser().resolve()
     if not path.is_dir():
-        raise FileNotFoundError(f"data folder {path} does not exist")
+        raise FileNotFoundError(f"data folder {path} does not exist: {GET_DATA}")
     return path
 
 
@@ -218,9 +138,19 @@ def parse_data_files(value: str) -> dict[str, str]:
 
 
 def local_file(
-    spec: TaskSpec, split: str, data_dir: Path, data_files: dict[str, str] | None = None
+    spec: TaskSpec, split: str, data_dir: Path | None, data_files: dict[str, str] | None = None
 ) -> Path:
-    """The file holding `split` of `spec` inside `data_dir` (see the module docstring)."""
+    """The file holding `split`: an own task's, else the one inside `data_dir` (see the
+    module docstring)."""
+    if spec.files:
+        if data_files:
+            raise ValueError(f"data_files is for built-in tasks; {spec.where} names its own files")
+        if split not in spec.files:
+            raise ValueError(f"task {spec.name} has no split {split!r}; splits: {spec.splits}")
+        path = Path(spec.files[split])
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec.where}: files.{split}: {path} does not exist")
+        return path
     if split not in spec.local_files and split not in (data_files or {}):
         raise ValueError(f"task {spec.name} has no split {split!r}; splits: {spec.splits}")
     folders = [data_dir / f for f in spec.folders if (data_dir / f).is_dir()]
@@ -236,91 +166,15 @@ def local_file(
     raise FileNotFoundError(f"no {spec.name} {split} file found; looked for {tried}")
 
 
-def check_utf8(path: Path) -> None:
-    """Data files are UTF-8: otherwise one error naming the row and the byte."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        row = data[: error.start].count(b"\n") + 1
-        byte = data[error.start : error.start + 1].hex()
-        raise DataError(f"{path}, row {row}: not UTF-8 text (byte 0x{byte})") from None
-
-
-def read_tsv(spec: TaskSpec, path: Path) -> list[Example]:
-    """Read a GLUE-style TSV with quoting off (STS-B loses rows otherwise)."""
-    check_utf8(path)
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows, None)
-        if not header or header == [""]:
-            raise DataError(f"{path}: empty file, expected a header row")
-        wanted = (*spec.text_columns, spec.label_column)
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise DataError(
-                f"{path}, row 1: missing column {missing[0]!r} (header has {', '.join(header)})"
-            )
-        cols = [header.index(c) for c in spec.text_columns]
-        label_col = header.index(spec.label_column)
-        examples = []
-        for lineno, row in enumerate(rows, start=2):
-            if len(row) < len(header):
-                raise DataError(
-                    f"{path}, row {lineno}: {len(row)} fields, header has {len(header)}"
-                )
-            label = _parse_label(spec, row[label_col].strip(), path, lineno)
-            examples.append(Example(tuple(row[c] for c in cols), label))
-    if not examples:
-        raise DataError(f"{path}: no examples after the header")
-    return examples
-
-
-def _parse_label(spec: TaskSpec, raw: str, path: Path, lineno: int) -> int | float:
-    if spec.kind == "regression":
-        try:
-            value = float(raw)
-        except ValueError:
-            raise DataError(f"{path}, row {lineno}: score {raw!r} is not a number") from None
-        if not np.isfinite(value):
-            raise DataError(f"{path}, row {lineno}: score {raw!r} is not finite")
-        return value
-    name = spec.label_aliases.get(raw, raw)
-    if name not in spec.labels:
-        raise DataError(
-            f"{path}, row {lineno}: label {raw!r} is not one of {', '.join(spec.labels)}"
-        )
-    return spec.labels.index(name)
-
-
-def read_conll(spec: TaskSpec, path: Path) -> list[Example]:
-    """Read CoNLL-2003 (`token POS chunk NER` per line, blank line between sentences)."""
-    examples: list[Example] = []
-    words: list[str] = []
-    tags: list[int] = []
-    tag_index = {t: i for i, t in enumerate(spec.labels)}
-    check_utf8(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts or parts[0] == "-DOCSTART-":
-                if words:
-                    examples.append(Example(words, tags))
-                    words, tags = [], []
-                continue
-            if len(parts) != 4:
-                raise DataError(
-                    f"{path}, row {lineno}: {len(parts)} columns, expected 4 (token POS chunk NER)"
-                )
-            if parts[1] not in tag_index:
-                raise DataError(f"{path}, row {lineno}: unknown POS tag {parts[1]!r}")
-            words.append(parts[0])
-            tags.append(tag_index[parts[1]])
-    if words:
-        examples.append(Example(words, tags))
-    if not examples:
-        raise DataError(f"{path}: empty file, no sentences")
-    return examples
+def source_of(spec: TaskSpec, data_dir: str | os.PathLike | None) -> str:
+    """Where a task's rows are read from: "files", "disk", "folder" or "hub"."""
+    if spec.files:
+        return "files"
+    if spec.disk:
+        return "disk"
+    if spec.folders and resolve_data_dir(data_dir) is not None:
+        return "folder"
+    return "hub"
 
 
 def load_split(
@@ -331,42 +185,109 @@ def load_split(
     data_files: str | dict[str, str] | None = None,
 ) -> tuple[list[Example], str]:
     """All examples of one split, and where they came from (a file path or a hub id)."""
-    folder = resolve_data_dir(data_dir)
+    rows, source = read_rows(spec, split, data_dir=data_dir, data_files=data_files)
+    return to_examples(spec, rows, source), source
+
+
+def read_rows(
+    spec: TaskSpec,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    data_files: str | dict[str, str] | None = None,
+) -> tuple[list[Row], str]:
+    """A split's rows as read (labels as written), and where they came from."""
     if isinstance(data_files, str):
         data_files = parse_data_files(data_files)
-    if folder is None:
-        return _load_hub(spec, split), f"hf://{spec.hub_path}/{spec.hub_config or ''}:{split}"
-    path = local_file(spec, split, folder, data_files)
-    reader = read_conll if spec.kind == "tagging" else read_tsv
-    return reader(spec, path), str(path)
+    source = source_of(spec, data_dir)
+    if source == "disk":
+        return _disk_rows(spec, split), f"{spec.disk}:{split}"
+    if source == "hub":
+        if data_files:
+            raise ValueError("data_files names files inside a data folder; none is given")
+        return _hub_rows(spec, split), hub_id(spec, split)
+    path = local_file(spec, split, resolve_data_dir(data_dir), data_files)
+    return read_file(spec, path), str(path)
 
 
-def _load_hub(spec: TaskSpec, split: str) -> list[Example]:
-    """Load a split from the Hugging Face hub (needs network or a warm HF cache)."""
+def hub_id(spec: TaskSpec, split: str) -> str:
+    revision = f"@{spec.hub_revision}" if spec.hub_revision else ""
+    return f"hf://{spec.hub_path}/{spec.hub_config or ''}{revision}:{split}"
+
+
+def _hub_rows(spec: TaskSpec, split: str) -> list[Row]:
+    """A split from the Hugging Face hub (needs network or a warm HF cache)."""
     import datasets
 
-    ds = datasets.load_dataset(
-        spec.hub_path, spec.hub_config, split=split, revision=spec.hub_revision
+    try:
+        ds = datasets.load_dataset(
+            spec.hub_path, spec.hub_config, split=split, revision=spec.hub_revision
+        )
+    except Exception as error:
+        if env.hub_offline():
+            raise DataError(
+                f"{spec.where}: {hub_id(spec, split)} cannot be read with HF_HUB_OFFLINE set "
+                f"and no data folder given: {GET_DATA}"
+            ) from None
+        raise DataError(f"{spec.where}: {hub_id(spec, split)}: {error}") from None
+    return dataset_rows(spec, ds, hub_id(spec, split))
+
+
+def _disk_rows(spec: TaskSpec, split: str) -> list[Row]:
+    import datasets
+
+    if not Path(spec.disk).is_dir():
+        raise FileNotFoundError(f"{spec.where}: disk: {spec.disk} does not exist")
+    saved = datasets.load_from_disk(spec.disk)
+    if not isinstance(saved, datasets.DatasetDict):
+        raise DataError(f"{spec.where}: disk: {spec.disk} holds one split, not a DatasetDict")
+    if split not in saved:
+        raise DataError(
+            f"{spec.where}: disk: {spec.disk} has no split {split!r} ({', '.join(saved)})"
+        )
+    return dataset_rows(spec, saved[split], f"{spec.disk}:{split}")
+
+
+def dataset_rows(spec: TaskSpec, dataset, where: str) -> list[Row]:
+    """Rows of a `datasets.Dataset`: a hub split with the hub's own column names, or a
+    save_to_disk split with the task's; an integer class label read by its name."""
+    hub = spec.hub_path and not spec.disk
+    columns = (spec.hub_text_columns, spec.hub_label_column) if hub else None
+    label_at = spec.hub_label_column if hub else spec.label_column
+    return table_rows(spec, dataset, where, columns=columns, names=class_names(dataset, label_at))
+
+
+def hub_examples(spec: TaskSpec, dataset) -> list[Example]:
+    """Examples of a hub split (a `datasets.Dataset` with the hub's schema)."""
+    where = hub_id(spec, str(getattr(dataset, "split", "") or "?"))
+    return to_examples(spec, dataset_rows(spec, dataset, where), where)
+
+
+def _with_labels(spec: TaskSpec) -> TaskSpec:
+    """An own task without `labels`: the dataset's class names, else the sorted labels
+    of its training split (numbers in numeric order), recorded in `labels_from`."""
+    if spec.labels or spec.kind == "regression":
+        return spec
+    if spec.disk or (spec.hub_path and not spec.files):
+        names = _dataset_class_names(spec)
+        if names:
+            return dataclasses.replace(spec, labels=names, labels_from="dataset")
+    rows, where = read_rows(spec, spec.train_split)
+    found = raw_labels(rows, spec.kind == "tagging")
+    if not found:
+        raise DataError(f"{where}: no labels in the {spec.train_split} split")
+    number = re.compile(r"-?\d+")
+    ordered = sorted(found, key=lambda x: (0, int(x), x) if number.fullmatch(x) else (1, 0, x))
+    return dataclasses.replace(spec, labels=tuple(ordered), labels_from="training split")
+
+
+def _dataset_class_names(spec: TaskSpec) -> tuple[str, ...]:
+    import datasets
+
+    if spec.disk:
+        saved = datasets.load_from_disk(spec.disk)
+        return class_names(saved[spec.train_split], spec.label_column)
+    builder = datasets.load_dataset_builder(
+        spec.hub_path, spec.hub_config, revision=spec.hub_revision
     )
-    return hub_examples(spec, ds)
-
-
-def hub_examples(spec: TaskSpec, rows) -> list[Example]:
-    """Examples of a hub split (a `datasets.Dataset`, or any iterable of its rows).
-
-    The hub datasets number their labels in `spec.labels` order (GLUE's ClassLabel
-    names, CoNLL-2003's pos_tags names), which tests check against the hub schemas;
-    unlabelled rows (GLUE test splits, label -1) are dropped."""
-    out = []
-    for row in rows:
-        texts = [row[c] for c in spec.hub_text_columns]
-        label: Any = row[spec.hub_label_column]
-        if spec.kind == "tagging":
-            out.append(Example(list(texts[0]), [int(t) for t in label]))
-        elif label is None or (spec.kind == "classification" and int(label) < 0):
-            continue
-        else:
-            out.append(
-                Example(tuple(texts), float(label) if spec.kind == "regression" else int(label))
-            )
-    return out
+    return class_names(builder.info.features, spec.hub_label_column)

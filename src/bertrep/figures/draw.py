@@ -250,7 +250,8 @@ def redraw(run_id: str, out: Path) -> list[Path]:
     run = collect.analysis_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         tables = conform(collect.read_tables(run.info.run_id, Path(tmp)))
-    tasks = [t for t in TASKS if (tables["runs"].task == t).any()]
+    tasks = list(dict.fromkeys([*TASKS, *tables["runs"].task]))  # built-in ones first
+    tasks = [t for t in tasks if (tables["runs"].task == t).any()]
     order = yaml_tasks(run) or tasks
     with tempfile.TemporaryDirectory() as tmp:  # log what this call drew, nothing older
         drawn = draw_all(tables, Path(tmp), order)

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from bertrep import env, tracking
-from bertrep.data.tasks import TASKS
+from bertrep.data.tasks import get_task
 from bertrep.errors import InputError
 from bertrep.training.config import TrainConfig
 
@@ -136,6 +136,16 @@ def _params(where: str, values: Any, source: str) -> dict[str, Any]:
     return dict(values)
 
 
+def _task_name(task: str, source: str, place: str) -> str:
+    """A task's name (a task file counts by its name); one error saying where it is."""
+    try:
+        return get_task(task).name
+    except InputError as error:  # a bad task file: its own message
+        raise InputError(f"{source}: {place}: {error}") from None
+    except (ValueError, FileNotFoundError):
+        raise InputError(f"{source}: unknown task {task!r} in {place}") from None
+
+
 def spec_from_dict(raw: dict, source: str = "<spec>") -> Spec:
     """Validate a spec mapping; an unknown key anywhere is an error naming it."""
     if not isinstance(raw, dict):
@@ -156,10 +166,11 @@ def spec_from_dict(raw: dict, source: str = "<spec>") -> Spec:
         if empty:
             raise InputError(f"{source}: grid axis {empty[0]!r} is empty: the grid has no trials")
     per_task = raw.get("per_task") or {}
+    named = {}
     for task, values in per_task.items():
-        if task not in TASKS:
-            raise InputError(f"{source}: unknown task {task!r} in per_task")
+        named[_task_name(str(task), source, "per_task")] = values
         _params(f"per_task.{task}", values, source)
+    per_task = named
     sources = _params("sources", raw.get("sources") or {}, source)
     for key in SOURCE_FIELDS:
         if key in sources:
@@ -215,8 +226,8 @@ def absolute_paths(params: dict[str, Any]) -> dict[str, Any]:
 
 def config(spec: Spec, params: dict[str, Any]) -> TrainConfig:
     """fixed < per_task[task] < the grid point, local paths made absolute."""
-    task = params.get("task", spec.fixed.get("task", TrainConfig.task))
-    merged = spec.fixed | spec.per_task.get(str(task), {}) | params
+    task = str(params.get("task", spec.fixed.get("task", TrainConfig.task)))
+    merged = spec.fixed | spec.per_task.get(_task_name(task, str(spec.path), "task"), {}) | params
     try:
         return TrainConfig.from_dict(absolute_paths(merged))
     except (TypeError, ValueError) as error:
@@ -251,6 +262,7 @@ def source_config(spec: Spec, target: TrainConfig) -> TrainConfig:
     pretrained model with the target's seed, trained as `sources` (over fixed) says."""
     task = target.source_task
     merged = spec.fixed | spec.per_task.get(task, {}) | spec.sources | target.source_fields()
+    merged["task_files"] = target.task_files  # the own tasks a source may be
     return TrainConfig.from_dict(absolute_paths(merged))
 
 

@@ -160,6 +160,11 @@ def activations_from(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+# An own task's file (tag task_file.<name>), content digest and label order as read
+TASK_FILE = "task_file."
+TASK_DIGEST = "task_digest."
+TASK_LABELS = "task_labels."
+
 PROBE_CONTEXT = "probe"  # the context of a run's probe sets among its MLflow dataset inputs
 PROBE_TAG = "probe."  # probe.<task>: the digest of the run's probe set of that task
 EXTRACT_MODE = "extract"  # the mode of a run that only reads a model out on probe sets

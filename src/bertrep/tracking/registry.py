@@ -21,6 +21,8 @@ from bertrep.tracking import (
     RUNS_URI,
     SEED,
     TASK,
+    TASK_DIGEST,
+    TASK_FILE,
     activations_dir,
     activations_step,
     client,
@@ -133,3 +135,20 @@ def source_tables(model_uri: str, digests: dict[str, str]) -> dict[str, str]:
             last = max(files, key=activations_step)
             out[task] = f"{RUNS_URI}{run_id}/{last}"
     return out
+
+
+def task_file_of_name(name: str, digest: str, source: str) -> str | None:
+    """Another task file that runs in this store were trained under `name` with: one of
+    other content at another place (an edited file at the same place is the same task,
+    retrained; a moved one of the same content is the same task). None if there is none."""
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`{TASK_DIGEST}{name}` != '{digest}'",
+        search_all_experiments=True,
+        output_format="list",
+        max_results=50,
+    )
+    for run in runs:
+        other = run.data.tags.get(f"{TASK_FILE}{name}", "")
+        if other and other != source:
+            return other
+    return None

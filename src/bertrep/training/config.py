@@ -32,7 +32,7 @@ TWO_TASK_MODES = ("sequential", "shuffled")  # A = source_task, then or mixed wi
 @dataclass(frozen=True)
 class TrainConfig:
     # what to train
-    task: str = "sst2"  # sst2 | stsb | mnli | rte | pos
+    task: str = "sst2"  # sst2 | stsb | mnli | rte | pos, a task file (.yaml) or its name
     base_model: str = MINILM  # hub id, local folder, `minilm`, or models:/ runs:/ URI
     source_task: str = "base"  # the task base_model was fine-tuned on ("base": pretrained)
     frozen_layers: int = 0  # k: embeddings and blocks 1..k frozen (0: nothing frozen)
@@ -66,8 +66,12 @@ class TrainConfig:
     probe_tokens: int = 5000  # N tokens per probe set
     probe_seed: int = 0
     save_checkpoint: bool = True
+    # own tasks' files (comma-separated), read before the task names are looked up; a
+    # task file given as task, source_task or probe task is put here and named by name
+    task_files: str = ""
 
     def __post_init__(self) -> None:
+        self._name_tasks()
         if self.mode not in MODES:
             raise InputError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode in TWO_TASK_MODES and self.source_task in ("base", self.task):
@@ -75,12 +79,6 @@ class TrainConfig:
                 f"mode={self.mode} needs source_task (A) to be a task other than "
                 f"task={self.task}, not {self.source_task!r}"
             )
-        if self.source_task != "base" and self.source_task not in tasks.TASKS:
-            raise InputError(f"unknown source_task {self.source_task!r}: a task or 'base'")
-        for name in [self.task, *self.probe_task_list]:
-            if name not in tasks.TASKS:
-                known = ", ".join(tasks.TASKS)
-                raise InputError(f"unknown task {name!r}; known tasks: {known}")
         checks = {
             "frozen_layers": self.frozen_layers >= 0,
             "lr": self.lr > 0,
@@ -101,6 +99,38 @@ class TrainConfig:
                 raise InputError(f"{name}={getattr(self, name)!r} is out of range")
         if not all(0 <= f <= 1 for f in self.checkpoint_fractions):
             raise InputError(f"checkpoints={self.checkpoints!r}: fractions must lie in [0, 1]")
+
+    def _name_tasks(self) -> None:
+        """Read the own task files, then name every task by its name: a task file given
+        where a task is (`--task my/task.yaml`) becomes its name, its path joins
+        task_files. An unknown task is one error."""
+        files = [f.strip() for f in self.task_files.split(",") if f.strip()]
+        try:
+            for file in files:
+                tasks.register(file)
+            named = {}
+            for field_name in ("task", "source_task", "probe_tasks"):
+                refs = [r.strip() for r in getattr(self, field_name).split(",") if r.strip()]
+                names = []
+                for ref in refs:
+                    if ref == "base" and field_name == "source_task":
+                        names.append(ref)
+                        continue
+                    spec = tasks.get_task(ref)
+                    if spec.own and spec.source not in files:
+                        files.append(spec.source)
+                    names.append(spec.name)
+                named[field_name] = ",".join(names)
+        except (ValueError, FileNotFoundError) as error:
+            raise InputError(str(error)) from None
+        for field_name, value in {**named, "task_files": ",".join(files)}.items():
+            object.__setattr__(self, field_name, value)
+
+    def own_tasks(self) -> dict[str, str]:
+        """name -> content digest of every own task the run reads (trains or probes)."""
+        used = {self.task, self.source_task, *self.probe_task_list} - {"base"}
+        specs = [tasks.get_task(name) for name in sorted(used)]
+        return {spec.name: spec.digest for spec in specs if spec.own}
 
     @property
     def checkpoint_fractions(self) -> list[float]:
@@ -155,8 +185,9 @@ class TrainConfig:
         trained = {"single": [self.task], "extract": []}.get(
             self.mode, [self.source_task, self.task]
         )
-        splits = {(t, s) for t in trained for s in ("train", tasks.TASKS[t].eval_split)}
-        splits |= {(t, tasks.TASKS[t].eval_split) for t in self.probe_task_list}
+        spec = tasks.get_task
+        splits = {(t, s) for t in trained for s in (spec(t).train_split, spec(t).eval_split)}
+        splits |= {(t, spec(t).eval_split) for t in self.probe_task_list}
         return sorted((t, s, self.data_files if t == self.task else "") for t, s in splits)
 
     @property
@@ -172,7 +203,9 @@ class TrainConfig:
         The data (data_dir, data_files) counts by the content of the files read, a local
         base_model folder by its model files' content: moving either keeps the key."""
         values = dataclasses.asdict(self)
-        del values["data_dir"], values["data_files"]
+        del values["data_dir"], values["data_files"], values["task_files"]
+        if self.own_tasks():  # by content, wherever the files lie; absent for built-ins
+            values["own_tasks"] = self.own_tasks()
         values["data"] = identity.data_digest(self.data_reads(), self.data_dir)
         values["base_model"] = identity.model_identity(self.base_model)
         blob = json.dumps(values, sort_keys=True)

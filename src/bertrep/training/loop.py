@@ -75,7 +75,7 @@ def load_task_data(cfg: TrainConfig, task: str, tokenizer) -> TaskData:
     if cfg.max_eval_examples:
         eval_examples = eval_examples[: cfg.max_eval_examples]
     eval_data = encode_cached(spec, eval_examples, eval_file, tokenizer, cfg.max_length)
-    examples, train_file = load_split(spec, "train", **where)
+    examples, train_file = load_split(spec, spec.train_split, **where)
     train_data = encode_cached(spec, examples, train_file, tokenizer, cfg.max_length)
     if cfg.max_train_examples and cfg.max_train_examples < len(train_data):
         rng = np.random.default_rng(DATA_SEED)

@@ -48,6 +48,7 @@ def probe_sets(cfg: TrainConfig, tokenizer) -> Probes:
             max_length=cfg.max_length,
             n_tokens=cfg.probe_tokens,
             seed=cfg.probe_seed,
+            task_digest=spec.digest,
         )
         out.append((probe, data))
     return out
