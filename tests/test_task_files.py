@@ -359,7 +359,7 @@ def test_a_run_on_an_own_task_records_it_and_a_second_file_of_its_name_is_refuse
     tags, metrics = got.data.tags, got.data.metrics
     assert tags[tracking.TASK] == "reviews" and got.data.params["task_files"] == str(path)
     assert tags[f"{tracking.TASK_FILE}reviews"] == str(path)
-    assert tags[f"{tracking.TASK_LABELS}reviews"] == "neg,pos"
+    assert tags[f"{tracking.TASK_LABELS}reviews"] == json.dumps(["neg", "pos"])
     assert tags[f"{tracking.TASK_DIGEST}reviews"] == get_task("reviews").digest
     # chance of f1_macro: the majority class (pos, 25 of 48) alone: F1 2·25/73 over 2 classes
     assert metrics[tracking.CHANCE] == pytest.approx(25 / 73)
@@ -387,3 +387,79 @@ def test_train_on_a_bad_task_file_exits_1_with_one_line_and_records_nothing(tmp_
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(f"bertrep.train: {bad}: unknown key")
     assert not (tmp_path / "mlflow.db").exists()  # no store, so no run, was made
+
+
+def test_a_probe_task_list_written_with_spaces_keeps_its_key():
+    """Only a field naming a task file is rewritten: one of names stays as written (it is
+    in the config key, as before task files)."""
+    cfg = TrainConfig(task="rte", probe_tasks="sst2, pos", mode="extract")
+    assert cfg.probe_tasks == "sst2, pos" and cfg.probe_task_list == ["sst2", "pos"]
+
+
+def test_inferred_labels_apply_aliases_and_skip_empty_values(tmp_path):
+    write(tmp_path / "t.csv", "t,label\na,pos\nb,+\nc,\nd,neg\n")
+    spec = get_task(str(task_file(tmp_path, HEAD + "label_aliases: {'+': pos}\n"
+                                  "files: {train: t.csv, validation: t.csv}\n")))  # fmt: skip
+    assert spec.labels == ("neg", "pos")  # "+" is pos; the empty cell is no label
+    numbers = task_file(
+        tmp_path / "n",
+        HEAD.replace("name: x", "name: n") + "files: {train: t.csv, validation: t.csv}\n",
+    )
+    write(tmp_path / "n" / "t.csv", "t,label\na,10\nb,2\nc,1\n")
+    assert get_task(str(numbers)).labels == ("1", "2", "10")  # numbers in numeric order
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ("files: {train: a.csv, validation: a.csv}\nhub: {path: u/d}\n",
+         "say where the data is with one of files, disk or hub; got files and hub"),
+        ("labels: [yes, no]\nfiles: {train: a.csv, validation: a.csv}\n",
+         "labels: [True, False] holds a YAML boolean; quote the names"),
+        ("labels: [a, b]\nlabel_aliases: {x: c}\nfiles: {train: a.csv, validation: a.csv}\n",
+         "label_aliases: 'c' is not one of the labels"),
+    ],
+)  # fmt: skip
+def test_more_bad_task_files(tmp_path, extra, match):
+    with pytest.raises(DataError, match=re.escape(match)):
+        get_task(str(task_file(tmp_path, HEAD + extra)))
+
+
+def test_row_numbers_are_lines_and_a_later_row_missing_a_column_is_named(tmp_path):
+    write(tmp_path / "q.csv", 't,label\n"two\nlines",pos\nok,meh\n')
+    path = task_file(tmp_path, HEAD + "labels: [pos]\nfiles: {train: q.csv, validation: q.csv}\n")
+    with pytest.raises(DataError, match=re.escape("q.csv, row 4: label 'meh'")):
+        load_split(get_task(str(path)), "train")  # the quoted row spans lines 2-3
+    tasks._OWN.clear()
+    write(tmp_path / "j" / "t.jsonl", '{"t": "a", "label": "pos"}\n\n{"t": "b"}\n')
+    path = task_file(
+        tmp_path / "j", HEAD + "labels: [pos]\nfiles: {train: t.jsonl, validation: t.jsonl}\n"
+    )
+    with pytest.raises(DataError, match=re.escape("t.jsonl, row 3: missing column 'label'")):
+        load_split(get_task(str(path)), "train")
+
+
+def test_integer_labels_without_class_names_index_the_labels():
+    plain = datasets.Dataset.from_dict({"sentence": ["a", "b"], "label": [1, 0]})  # no ClassLabel
+    assert [e.label for e in tasks.hub_examples(get_task("sst2"), plain)] == [1, 0]
+
+
+def test_a_checkpoint_names_the_files_of_its_own_heads(tmp_path):
+    from bertrep.training.model import _know_head_tasks, task_files_of
+
+    spec = get_task(str(csv_task(tmp_path)))
+    meta = task_files_of(["sst2", "reviews"])
+    assert meta == {"task_files": {"reviews": spec.source}}  # built-in heads need none
+    tasks._OWN.clear()
+    _know_head_tasks(meta)  # where a checkpoint is loaded, its heads' tasks are known
+    assert get_task("reviews").digest == spec.digest
+
+
+def test_per_task_may_name_an_own_task_the_grid_gives_by_file(tmp_path):
+    from bertrep.sweeps.spec import spec_from_dict, trials
+
+    own = csv_task(tmp_path)
+    raw = {"kind": "single", "grid": {"task": [str(own)]}, "per_task": {"reviews": {"lr": 0.5}},
+           "fixed": {"base_model": "minilm"}}  # fmt: skip
+    (cfg,) = trials(spec_from_dict(raw, "x.yaml"))
+    assert (cfg.task, cfg.lr, cfg.task_files) == ("reviews", 0.5, str(own))

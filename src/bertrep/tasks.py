@@ -17,7 +17,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", default="")
     args = parser.parse_args(argv)
     for name in known_tasks():
-        spec = get_task(name)
+        try:
+            spec = get_task(name)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"{name:8s} -- {e}", file=sys.stderr)
+            continue
         for split in spec.splits:
             try:
                 examples, source = load_split(spec, split, data_dir=args.data_dir)

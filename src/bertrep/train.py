@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import warnings
@@ -225,7 +226,7 @@ def run_tags(cfg: TrainConfig, model: TaskModel, target: TaskData | None, extra:
         spec = get_task(name)
         tags |= {f"{tracking.TASK_FILE}{name}": spec.source,
                  f"{tracking.TASK_DIGEST}{name}": digest,
-                 f"{tracking.TASK_LABELS}{name}": ",".join(spec.labels)}  # fmt: skip
+                 f"{tracking.TASK_LABELS}{name}": json.dumps(list(spec.labels))}  # fmt: skip
     return {k: str(v) for k, v in tags.items()}
 
 

@@ -61,11 +61,22 @@ def read_file(spec: TaskSpec, path: Path) -> list[Row]:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return table_rows(spec, pq.read_table(path).to_pylist(), str(path), first=1)
+        try:
+            records = pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as error:  # pyarrow's errors are both
+            raise DataError(f"{path}: not Parquet ({str(error).splitlines()[0]})") from None
+        return table_rows(spec, records, range(1, len(records) + 1), str(path))
     check_utf8(path)
     if suffix in (".jsonl", ".json"):
-        return table_rows(spec, _json_objects(path), str(path), first=1)
-    with open(path, encoding="utf-8", newline="") as f:
+        return table_rows(spec, *_json_objects(path), str(path))
+    try:
+        return _csv_rows(spec, path, suffix)
+    except csv.Error as error:
+        raise DataError(f"{path}: not {suffix[1:].upper()} ({error})") from None
+
+
+def _csv_rows(spec: TaskSpec, path: Path, suffix: str) -> list[Row]:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a spreadsheet's BOM
         # GLUE's TSVs hold unbalanced quotes: quoting is off for TSV (STS-B loses rows
         # otherwise), on for CSV.
         quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
@@ -74,32 +85,39 @@ def read_file(spec: TaskSpec, path: Path) -> list[Row]:
         if not header or header == [""]:
             raise DataError(f"{path}: empty file, expected a header row")
         _check_columns(header, (*spec.text_columns, spec.label_column), f"{path}, row 1")
-        objects = []
-        for lineno, row in enumerate(reader, start=2):
+        objects, lines = [], []
+        for row in reader:
             if len(row) < len(header):
                 raise DataError(
-                    f"{path}, row {lineno}: {len(row)} fields, header has {len(header)}"
+                    f"{path}, row {reader.line_num}: {len(row)} fields, header has {len(header)}"
                 )
             objects.append(dict(zip(header, row, strict=False)))
-    return table_rows(spec, objects, str(path), first=2)
+            lines.append(reader.line_num)
+    return table_rows(spec, objects, lines, str(path))
 
 
-def _json_objects(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+def _json_objects(path: Path) -> tuple[list[dict], list[int]]:
+    """The records of a JSON Lines file (or a JSON list) and each one's row number."""
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        objects = json.loads(text)
+        try:
+            objects = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, row {error.lineno}: not JSON ({error.msg})") from None
+        numbers = list(range(1, len(objects) + 1))
     else:
-        objects = []
+        objects, numbers = [], []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     objects.append(json.loads(line))
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}, row {lineno}: not JSON ({error.msg})") from None
-    for i, row in enumerate(objects, start=1):
+                numbers.append(lineno)
+    for row, number in zip(objects, numbers, strict=True):
         if not isinstance(row, dict):
-            raise DataError(f"{path}, row {i}: not a JSON object")
-    return objects
+            raise DataError(f"{path}, row {number}: not a JSON object")
+    return objects, numbers
 
 
 def _check_columns(columns: Iterable[str], wanted: Iterable[str], where: str) -> None:
@@ -112,21 +130,23 @@ def _check_columns(columns: Iterable[str], wanted: Iterable[str], where: str) ->
 def table_rows(
     spec: TaskSpec,
     objects: Iterable[dict[str, Any]],
+    numbers: Iterable[int],
     where: str,
     *,
-    first: int = 0,
     columns: tuple[tuple[str, ...], str] | None = None,
     names: tuple[str, ...] = (),
 ) -> list[Row]:
-    """Rows of a table's records (dicts). `columns`: (text columns, label column) where
-    they differ from the task's (the hub's own names); `names`: the dataset's class
-    names, which an integer label indexes (a negative one, GLUE's unlabelled test rows,
-    is no label). `first`: the first record's number in messages."""
+    """Rows of a table's records (dicts), numbered in messages by `numbers` (their lines
+    in a text file). `columns`: (text columns, label column) where they differ from the
+    task's (the hub's own names); `names`: the dataset's class names, which an integer
+    label indexes (a negative one, GLUE's unlabelled test rows, is no label)."""
     texts_at, label_at = columns or (spec.text_columns, spec.label_column)
     out = []
-    for number, record in enumerate(objects, start=first):
+    for number, record in zip(numbers, objects, strict=False):
         if not out:
             _check_columns(record, (*texts_at, label_at), where)
+        elif any(c not in record for c in (*texts_at, label_at)):
+            _check_columns(record, (*texts_at, label_at), f"{where}, row {number}")
         texts = [record[c] for c in texts_at]
         label = record[label_at]
         if spec.kind == "tagging":
@@ -191,11 +211,12 @@ def label_text(raw: Any) -> str:
     return raw.strip() if isinstance(raw, str) else str(raw)
 
 
-def raw_labels(rows: list[Row], tagging: bool) -> set[str]:
-    """Every label (or tag) spelling in rows."""
-    if tagging:
-        return {label_text(t) for r in rows for t in r.label}
-    return {label_text(r.label) for r in rows if r.label is not None}
+def raw_labels(rows: list[Row], tagging: bool, aliases: dict[str, str]) -> set[str]:
+    """Every label (or tag) in rows, spelled as the task's aliases say; an empty or
+    missing value is no label."""
+    values = [t for r in rows for t in r.label] if tagging else [r.label for r in rows]
+    texts = {label_text(v) for v in values if v is not None}
+    return {aliases.get(t, t) for t in texts} - {"", "nan", "None"}
 
 
 def to_examples(spec: TaskSpec, rows: list[Row], where: str) -> list[Example]:
@@ -206,6 +227,9 @@ def to_examples(spec: TaskSpec, rows: list[Row], where: str) -> list[Example]:
 
     def label(raw: Any, number: int) -> int:
         text = label_text(raw)
+        if text not in index and isinstance(raw, int) and not isinstance(raw, bool):
+            if 0 <= raw < len(spec.labels):  # a class index where no class names came
+                return raw
         if text not in index:
             raise DataError(f"{where}, row {number}: label {text!r} is not one of {shown}")
         return index[text]

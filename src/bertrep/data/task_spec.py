@@ -133,7 +133,8 @@ def read_task_file(path: str | Path, builtin: bool = False) -> TaskSpec:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark else ""
-        raise DataError(f"{path}{line}: not YAML ({getattr(error, 'problem', error)})") from None
+        why = str(getattr(error, "problem", None) or error).splitlines()[0]
+        raise DataError(f"{path}{line}: not YAML ({why})") from None
     digest = "" if builtin else hashlib.sha256(text).hexdigest()[:16]
     return spec_from_dict(raw, path, digest)
 
@@ -168,7 +169,7 @@ def spec_from_dict(raw: Any, path: Path, digest: str = "") -> TaskSpec:
         train_split=_text(raw, "train_split", path) or "train",
         eval_split=_text(raw, "eval_split", path) or "validation",
         display_name=_text(raw, "display_name", path), description=_text(raw, "description", path),
-        label_aliases={str(k): str(v) for k, v in (raw.get("label_aliases") or {}).items()},
+        label_aliases=_aliases(raw.get("label_aliases"), labels, path),
         source=str(path), digest=digest,
     )  # fmt: skip
     values |= _where(raw, path, values)
@@ -177,11 +178,11 @@ def spec_from_dict(raw: Any, path: Path, digest: str = "") -> TaskSpec:
 
 def _where(raw: dict, path: Path, values: dict) -> dict:
     """Where the data is: files, disk, hub, or a data-folder layout (with the hub)."""
-    given = [k for k in ("files", "disk", "data_folder") if raw.get(k)]
-    if len(given) > 1 or (not given and not raw.get("hub")):
+    given = [k for k in ("files", "disk", "hub") if raw.get(k)]
+    if len(given) != 1 or (raw.get("data_folder") and given != ["hub"]):
         raise DataError(
             f"{path}: say where the data is with one of files, disk or hub"
-            + (f"; got {' and '.join(given)}" if given else "")
+            + (f"; got {' and '.join(given)}" if len(given) > 1 else "")
         )
     out: dict[str, Any] = _hub(raw.get("hub"), path, values) if raw.get("hub") else {}
     if raw.get("files"):
@@ -231,6 +232,19 @@ def _data_folder(layout: Any, path: Path) -> dict:
     }
 
 
+def _aliases(raw: Any, labels: tuple[str, ...], path: Path) -> dict[str, str]:
+    """label_aliases: other spellings -> a label (of `labels`, where given)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: label_aliases must map a spelling to a label; got {raw!r}")
+    out = {str(k): str(v) for k, v in raw.items()}
+    unknown = [v for v in out.values() if labels and v not in labels]
+    if unknown:
+        raise DataError(f"{path}: label_aliases: {unknown[0]!r} is not one of the labels")
+    return out
+
+
 def _known(raw: dict, keys: tuple[str, ...], path: Path, prefix: str) -> None:
     for key in raw:
         if key not in keys:
@@ -258,4 +272,6 @@ def _names(raw: dict, key: str, path: Path, required: bool = False) -> tuple[str
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
         raise DataError(f"{path}: {key} must be a list of names; got {value!r}")
+    if any(isinstance(v, bool) for v in value):  # YAML reads yes/no/true/false so
+        raise DataError(f"{path}: {key}: {value!r} holds a YAML boolean; quote the names")
     return tuple(str(v) for v in value)

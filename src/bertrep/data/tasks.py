@@ -23,6 +23,7 @@ An own task's rows come from where its file says (files, disk or hub).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 from pathlib import Path
@@ -68,7 +69,7 @@ def register(path: str | os.PathLike) -> TaskSpec:
     known = _OWN.get(spec.name)
     if known and (known.source, known.digest) == (spec.source, spec.digest):
         return known  # its labels already resolved
-    if known and known.digest != spec.digest and known.source != spec.source:
+    if known and known.source != spec.source:  # its files lie beside it: another task
         raise DataError(
             f"two tasks are named {spec.name!r}: {known.source} and {spec.source}; rename one"
         )
@@ -202,16 +203,15 @@ def read_rows(
     source = source_of(spec, data_dir)
     if source == "disk":
         return _disk_rows(spec, split), f"{spec.disk}:{split}"
-    if source == "hub":
-        if data_files:
-            raise ValueError("data_files names files inside a data folder; none is given")
-        return _hub_rows(spec, split), hub_id(spec, split)
+    if source == "hub":  # data_files names files in a data folder: none here
+        return _hub_rows(spec, split), hub_id(spec, split, revision=False)
     path = local_file(spec, split, resolve_data_dir(data_dir), data_files)
     return read_file(spec, path), str(path)
 
 
-def hub_id(spec: TaskSpec, split: str) -> str:
-    revision = f"@{spec.hub_revision}" if spec.hub_revision else ""
+def hub_id(spec: TaskSpec, split: str, revision: bool = True) -> str:
+    """hf://path/config[@revision]:split (the revision in identities, not in logs)."""
+    revision = f"@{spec.hub_revision}" if spec.hub_revision and revision else ""
     return f"hf://{spec.hub_path}/{spec.hub_config or ''}{revision}:{split}"
 
 
@@ -229,11 +229,16 @@ def _hub_rows(spec: TaskSpec, split: str) -> list[Row]:
                 f"{spec.where}: {hub_id(spec, split)} cannot be read with HF_HUB_OFFLINE set "
                 f"and no data folder given: {GET_DATA}"
             ) from None
-        raise DataError(f"{spec.where}: {hub_id(spec, split)}: {error}") from None
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{spec.where}: {hub_id(spec, split)}: {first}") from None
     return dataset_rows(spec, ds, hub_id(spec, split))
 
 
 def _disk_rows(spec: TaskSpec, split: str) -> list[Row]:
+    return dataset_rows(spec, _disk_split(spec, split), f"{spec.disk}:{split}")
+
+
+def _disk_split(spec: TaskSpec, split: str):
     import datasets
 
     if not Path(spec.disk).is_dir():
@@ -245,7 +250,7 @@ def _disk_rows(spec: TaskSpec, split: str) -> list[Row]:
         raise DataError(
             f"{spec.where}: disk: {spec.disk} has no split {split!r} ({', '.join(saved)})"
         )
-    return dataset_rows(spec, saved[split], f"{spec.disk}:{split}")
+    return saved[split]
 
 
 def dataset_rows(spec: TaskSpec, dataset, where: str) -> list[Row]:
@@ -254,7 +259,8 @@ def dataset_rows(spec: TaskSpec, dataset, where: str) -> list[Row]:
     hub = spec.hub_path and not spec.disk
     columns = (spec.hub_text_columns, spec.hub_label_column) if hub else None
     label_at = spec.hub_label_column if hub else spec.label_column
-    return table_rows(spec, dataset, where, columns=columns, names=class_names(dataset, label_at))
+    names = class_names(dataset, label_at)
+    return table_rows(spec, dataset, itertools.count(), where, columns=columns, names=names)
 
 
 def hub_examples(spec: TaskSpec, dataset) -> list[Example]:
@@ -273,7 +279,7 @@ def _with_labels(spec: TaskSpec) -> TaskSpec:
         if names:
             return dataclasses.replace(spec, labels=names, labels_from="dataset")
     rows, where = read_rows(spec, spec.train_split)
-    found = raw_labels(rows, spec.kind == "tagging")
+    found = raw_labels(rows, spec.kind == "tagging", spec.label_aliases)
     if not found:
         raise DataError(f"{where}: no labels in the {spec.train_split} split")
     number = re.compile(r"-?\d+")
@@ -285,9 +291,14 @@ def _dataset_class_names(spec: TaskSpec) -> tuple[str, ...]:
     import datasets
 
     if spec.disk:
-        saved = datasets.load_from_disk(spec.disk)
-        return class_names(saved[spec.train_split], spec.label_column)
-    builder = datasets.load_dataset_builder(
-        spec.hub_path, spec.hub_config, revision=spec.hub_revision
-    )
+        return class_names(_disk_split(spec, spec.train_split), spec.label_column)
+    try:
+        builder = datasets.load_dataset_builder(
+            spec.hub_path, spec.hub_config, revision=spec.hub_revision
+        )
+    except Exception as error:  # offline, not found: one line
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"{spec.where}: hub {spec.hub_path}: no labels given, and {first}"
+        ) from None
     return class_names(builder.info.features, spec.hub_label_column)

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from bertrep import env, tracking
-from bertrep.data.tasks import get_task
+from bertrep.data.tasks import get_task, is_task_file
 from bertrep.errors import InputError
 from bertrep.training.config import TrainConfig
 
@@ -136,6 +136,18 @@ def _params(where: str, values: Any, source: str) -> dict[str, Any]:
     return dict(values)
 
 
+def _read_task_files(places: list[dict], source: str) -> None:
+    """Read every task file a spec names (task, source_task, probe_tasks, task_files), so
+    that per_task may name an own task by its name."""
+    for place in places:
+        for key in ("task", "source_task", "probe_tasks", "task_files"):
+            values = place.get(key, [])
+            for value in values if isinstance(values, list) else [values]:
+                for ref in str(value).split(","):
+                    if is_task_file(ref.strip()):
+                        _task_name(ref.strip(), source, key)
+
+
 def _task_name(task: str, source: str, place: str) -> str:
     """A task's name (a task file counts by its name); one error saying where it is."""
     try:
@@ -166,6 +178,7 @@ def spec_from_dict(raw: dict, source: str = "<spec>") -> Spec:
         if empty:
             raise InputError(f"{source}: grid axis {empty[0]!r} is empty: the grid has no trials")
     per_task = raw.get("per_task") or {}
+    _read_task_files([raw.get("fixed") or {}, raw.get("sources") or {}, *grids], source)
     named = {}
     for task, values in per_task.items():
         named[_task_name(str(task), source, "per_task")] = values

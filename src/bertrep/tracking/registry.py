@@ -141,14 +141,12 @@ def task_file_of_name(name: str, digest: str, source: str) -> str | None:
     """Another task file that runs in this store were trained under `name` with: one of
     other content at another place (an edited file at the same place is the same task,
     retrained; a moved one of the same content is the same task). None if there is none."""
+    quoted = source.replace("'", "\\'")
     runs = mlflow.search_runs(
-        filter_string=f"tags.`{TASK_DIGEST}{name}` != '{digest}'",
+        filter_string=f"tags.`{TASK_DIGEST}{name}` != '{digest}' "
+        f"and tags.`{TASK_FILE}{name}` != '{quoted}'",
         search_all_experiments=True,
         output_format="list",
-        max_results=50,
+        max_results=1,
     )
-    for run in runs:
-        other = run.data.tags.get(f"{TASK_FILE}{name}", "")
-        if other and other != source:
-            return other
-    return None
+    return runs[0].data.tags[f"{TASK_FILE}{name}"] if runs else None

@@ -104,26 +104,23 @@ class TrainConfig:
         """Read the own task files, then name every task by its name: a task file given
         where a task is (`--task my/task.yaml`) becomes its name, its path joins
         task_files. An unknown task is one error."""
-        files = [f.strip() for f in self.task_files.split(",") if f.strip()]
         try:
-            for file in files:
-                tasks.register(file)
+            files = [
+                tasks.register(f.strip()).source for f in self.task_files.split(",") if f.strip()
+            ]
             named = {}
             for field_name in ("task", "source_task", "probe_tasks"):
                 refs = [r.strip() for r in getattr(self, field_name).split(",") if r.strip()]
-                names = []
-                for ref in refs:
-                    if ref == "base" and field_name == "source_task":
-                        names.append(ref)
-                        continue
-                    spec = tasks.get_task(ref)
-                    if spec.own and spec.source not in files:
-                        files.append(spec.source)
-                    names.append(spec.name)
-                named[field_name] = ",".join(names)
+                if not any(tasks.is_task_file(r) for r in refs):
+                    refs = [r for r in refs if r != "base"]
+                    files += [s.source for s in map(tasks.get_task, refs) if s.own]
+                    continue  # names already: the field stays as written (it is in the key)
+                specs = [tasks.get_task(r) for r in refs]
+                files += [s.source for s in specs if s.own]
+                named[field_name] = ",".join(s.name for s in specs)
         except (ValueError, FileNotFoundError) as error:
-            raise InputError(str(error)) from None
-        for field_name, value in {**named, "task_files": ",".join(files)}.items():
+            raise InputError(str(error).splitlines()[0]) from None
+        for field_name, value in {**named, "task_files": ",".join(dict.fromkeys(files))}.items():
             object.__setattr__(self, field_name, value)
 
     def own_tasks(self) -> dict[str, str]:

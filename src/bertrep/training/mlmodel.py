@@ -37,7 +37,7 @@ from transformers import (
 
 from bertrep import tracking
 from bertrep.data.tasks import get_task
-from bertrep.training.model import TaskModel
+from bertrep.training.model import TaskModel, task_files_of
 
 # What a user reads instead of a label index, where the data's own names are indices.
 DISPLAY_LABELS = {"sst2": ("negative", "positive")}
@@ -120,7 +120,7 @@ def log_model(model: TaskModel, tokenizer, task: str, meta: dict) -> str:
             name=tracking.MODEL_NAME,
             input_example=input_example(task),
             pip_requirements=requirements(),
-            metadata={tracking.MODEL_META: {**meta, "heads": [task]}},
+            metadata={tracking.MODEL_META: {**meta, "heads": [task], **task_files_of([task])}},
         )
     return info.model_uri
 

@@ -31,7 +31,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from bertrep import tracking
-from bertrep.data.tasks import TaskSpec, get_task
+from bertrep.data.tasks import TaskSpec, get_task, register
 from bertrep.errors import InputError, UnavailableError
 from bertrep.tracking import registry
 from bertrep.training.config import MINILM
@@ -178,6 +178,24 @@ def predictions(spec: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1)
 
 
+def task_files_of(heads) -> dict:
+    """{"task_files": {task: its file}} for the heads of own tasks (none for built-ins), so
+    that a checkpoint's heads are known wherever it is loaded."""
+    own = {t: get_task(t).source for t in heads if get_task(t).own}
+    return {"task_files": own} if own else {}
+
+
+def _know_head_tasks(meta: dict) -> None:
+    for name, file in meta.get("task_files", {}).items():
+        try:
+            get_task(name)
+        except ValueError:
+            try:
+                register(file)
+            except (InputError, OSError) as error:
+                raise InputError(f"the model's {name} head: {error}") from None
+
+
 def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, dict]:
     """The model to fine-tune on `tasks`, its tokenizer, and the source checkpoint's metadata.
 
@@ -196,6 +214,7 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
             with open(os.path.join(path, META_FILE)) as f:
                 meta = json.load(f)
             heads = load_file(os.path.join(path, HEADS_FILE))
+    _know_head_tasks(meta)
     try:
         if os.path.isfile(os.path.join(path, TRAINED_FILE)):
             encoder, tokenizer = _load_trained_part(path, meta)
@@ -326,5 +345,5 @@ def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict)
     heads = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
     save_file(heads, folder / HEADS_FILE)
     with open(folder / META_FILE, "w") as f:
-        json.dump({**meta, "heads": list(model.heads)}, f, indent=2)
+        json.dump({**meta, "heads": list(model.heads), **task_files_of(model.heads)}, f, indent=2)
     return folder
