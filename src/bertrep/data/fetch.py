@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bertrep import env
 from bertrep.data.identity import file_digest
-from bertrep.data.readers import Row, class_names
+from bertrep.data.readers import class_names
 from bertrep.data.task_spec import DataError, TaskSpec
 from bertrep.data.tasks import TASKS, dataset_rows, get_task, hub_id
 
@@ -90,11 +90,11 @@ def _clean(text: str) -> str:
     return str(text).replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
-def _label_text(spec: TaskSpec, row: Row) -> str:
+def _spelled(spec: TaskSpec, label) -> str:
+    """A label as the task's files spell it (a hub class name through the aliases)."""
     if spec.kind == "regression":
-        return repr(float(row.label))
-    name = str(row.label)
-    return spec.label_aliases.get(name, name)
+        return repr(float(label))
+    return spec.label_aliases.get(str(label), str(label))
 
 
 def tsv_text(spec: TaskSpec, dataset) -> str:
@@ -103,7 +103,7 @@ def tsv_text(spec: TaskSpec, dataset) -> str:
     rows = dataset_rows(spec, dataset, hub_id(spec, "?"))
     lines = ["\t".join((*spec.text_columns, spec.label_column))]
     lines += [
-        "\t".join((*map(_clean, row.texts), _label_text(spec, row)))
+        "\t".join((*map(_clean, row.texts), _spelled(spec, row.label)))
         for row in rows
         if row.label is not None
     ]
@@ -114,16 +114,16 @@ def conll_text(spec: TaskSpec, dataset) -> str:
     """CoNLL-2003's text: `token POS chunk NER` per word, a blank line after a sentence;
     the chunk and NER columns by the dataset's own class names ("O" where it has none)."""
     rows = dataset_rows(spec, dataset, hub_id(spec, "?"))
-    extra = {c: class_names(dataset, c) for c in ("chunk_tags", "ner_tags")}
+    extra = []  # per column, per sentence: its tag names (None where the dataset has none)
+    for column in ("chunk_tags", "ner_tags"):
+        names = class_names(dataset, column)
+        values = dataset[column] if column in dataset.column_names else [None] * len(rows)
+        extra.append([[names[v] if names else str(v) for v in s] if s else None for s in values])
     out = []
     for i, row in enumerate(rows):
-        columns = []
-        for column, names in extra.items():
-            values = dataset[i][column] if column in dataset.column_names else None
-            columns.append([names[v] if names else str(v) for v in values] if values else None)
         for j, (word, tag) in enumerate(zip(row.texts, row.label, strict=True)):
-            rest = [c[j] if c else "O" for c in columns]
-            out.append(" ".join((_clean(word), spec.label_aliases.get(tag, tag), *rest)))
+            rest = [c[i][j] if c[i] else "O" for c in extra]
+            out.append(" ".join((_clean(word), _spelled(spec, tag), *rest)))
         out.append("")
     return "\n".join(out) + "\n"
 

@@ -145,7 +145,7 @@ def local_file(
     module docstring)."""
     if spec.files:
         if data_files:
-            raise ValueError(f"data_files is for built-in tasks; {spec.where} names its own files")
+            raise DataError(f"data_files is for built-in tasks; {spec.where} names its own files")
         if split not in spec.files:
             raise ValueError(f"task {spec.name} has no split {split!r}; splits: {spec.splits}")
         path = Path(spec.files[split])

@@ -111,13 +111,11 @@ class TrainConfig:
             named = {}
             for field_name in ("task", "source_task", "probe_tasks"):
                 refs = [r.strip() for r in getattr(self, field_name).split(",") if r.strip()]
-                if not any(tasks.is_task_file(r) for r in refs):
-                    refs = [r for r in refs if r != "base"]
-                    files += [s.source for s in map(tasks.get_task, refs) if s.own]
-                    continue  # names already: the field stays as written (it is in the key)
-                specs = [tasks.get_task(r) for r in refs]
-                files += [s.source for s in specs if s.own]
-                named[field_name] = ",".join(s.name for s in specs)
+                pretrained = "base" if field_name == "source_task" else None
+                specs = {r: tasks.get_task(r) for r in refs if r != pretrained}
+                files += [s.source for s in specs.values() if s.own]
+                if any(tasks.is_task_file(r) for r in refs):  # else as written (in the key)
+                    named[field_name] = ",".join(specs[r].name if r in specs else r for r in refs)
         except (ValueError, FileNotFoundError) as error:
             raise InputError(str(error).splitlines()[0]) from None
         for field_name, value in {**named, "task_files": ",".join(dict.fromkeys(files))}.items():
@@ -201,8 +199,9 @@ class TrainConfig:
         base_model folder by its model files' content: moving either keeps the key."""
         values = dataclasses.asdict(self)
         del values["data_dir"], values["data_files"], values["task_files"]
-        if self.own_tasks():  # by content, wherever the files lie; absent for built-ins
-            values["own_tasks"] = self.own_tasks()
+        own = self.own_tasks()
+        if own:  # by content, wherever the files lie; absent for built-ins
+            values["own_tasks"] = own
         values["data"] = identity.data_digest(self.data_reads(), self.data_dir)
         values["base_model"] = identity.model_identity(self.base_model)
         blob = json.dumps(values, sort_keys=True)
