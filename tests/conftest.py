@@ -196,3 +196,38 @@ def copy_study(study: dict, folder: Path) -> dict[str, str]:
     store[env.MLFLOW_TRACKING_URI] = f"sqlite:///{folder / 'mlflow.db'}"
     store[env.CACHE_DIR] = str(folder / "cache")
     return store
+
+
+BPE_TEXT = [
+    "EU rejects German call to boycott British lamb .",
+    "Peter Blackburn went to Brussels and the European Commission said on Thursday",
+    "the film is good and not bad at all , a quiet and rejected movie",
+    "a man is slicing a tomato ; someone cuts a tomato with a knife",
+    "Germany 's representative to the European Union 's veterinary committee",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_tokenizer(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer of RoBERTa's kind (<s>, </s>, <pad>, <unk>, <mask>),
+    trained here on a few sentences and saved as a RobertaTokenizerFast folder: the
+    non-WordPiece tokenizer the tests can have without the hub."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import RobertaTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(BPE_TEXT, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ") if isinstance(m, str) else m) for m in model["merges"]]
+    folder = tmp_path_factory.mktemp("tiny-bpe")
+    RobertaTokenizerFast(vocab=model["vocab"], merges=merges).save_pretrained(folder)
+    return folder

@@ -12,7 +12,7 @@ import torch
 
 from bertrep.data import activations
 from bertrep.data.encode import collate, encode, tokenizer_digest
-from bertrep.data.probe_sets import build_probe_set, excluded_ids
+from bertrep.data.probe_sets import build_probe_set
 from bertrep.data.tasks import Example, get_task
 from bertrep.training import readout as probing
 from bertrep.training.model import load_model
@@ -25,7 +25,7 @@ def setup(tiny_model):
     data = encode(get_task("sst2"), examples, tok, 32)
     probe = build_probe_set(
         data, task="sst2", split="validation", file="mem", tokenizer_digest=tokenizer_digest(tok),
-        excluded=excluded_ids(tok), max_length=32, n_tokens=80, seed=3,
+        max_length=32, n_tokens=80, seed=3,
     )  # fmt: skip
     return model, tok, data, probe
 
@@ -97,7 +97,7 @@ def test_bad_tables_are_clear_errors(setup, tmp_path):
         activations.read_states(truncated)
     other = build_probe_set(
         data, task="sst2", split="validation", file="mem", tokenizer_digest=tokenizer_digest(tok),
-        excluded=excluded_ids(tok), max_length=32, n_tokens=80, seed=4,
+        max_length=32, n_tokens=80, seed=4,
     )  # fmt: skip
     elsewhere = activations.write_table(
         tmp_path / "other.parquet", probing.extract(model, data, other, pad_id=0), other, {}

@@ -16,6 +16,7 @@ LAYERS = (
     ("errors", "env"),  # plain Python: the one error type, environment variable names
     ("maths",),  # pure numerics on arrays: CKA, transfer metrics, bootstrap, LogME
     ("data",),  # tasks, tokenization, probe sets, activation tables
+    ("encoders",),  # each encoder family's anatomy, and running its parts
     ("tracking",),  # every MLflow name, the local tracking server
     ("training",),  # config, encoder + heads, freezing, the loop, read-out, models
     ("sweeps",),  # sweep specs, a sweep's runs in MLflow, progress lines

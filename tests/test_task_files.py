@@ -187,7 +187,7 @@ def test_builtin_config_keys_and_probe_digests_are_unchanged(fixture_data, monke
     from transformers import AutoTokenizer
 
     from bertrep.data.encode import encode
-    from bertrep.data.probe_sets import build_probe_set, excluded_ids
+    from bertrep.data.probe_sets import build_probe_set
     from bertrep.training.model import minilm_path
 
     monkeypatch.setenv("BERTREP_DATA_DIR", str(fixture_data))
@@ -200,8 +200,8 @@ def test_builtin_config_keys_and_probe_digests_are_unchanged(fixture_data, monke
         examples, file = load_split(spec, spec.eval_split)
         probe = build_probe_set(encode(spec, examples, tokenizer, 128), task=task,
                                 split=spec.eval_split, file=file, tokenizer_digest="x",
-                                excluded=excluded_ids(tokenizer), max_length=128,
-                                n_tokens=100, seed=0, task_digest=spec.digest)  # fmt: skip
+                                max_length=128, n_tokens=100, seed=0,
+                                task_digest=spec.digest)  # fmt: skip
         assert probe.digest == digest, task
 
 

@@ -53,7 +53,7 @@ from bertrep.training.config import (
     from_namespace,
 )
 from bertrep.training.loop import Context, TaskData, load_task_data, log_eval, optimise
-from bertrep.training.model import TaskModel, load_model, save_checkpoint
+from bertrep.training.model import UNTIED, TaskModel, load_model, save_checkpoint
 from bertrep.training.readout import (
     Probes,
     extract_all,
@@ -254,7 +254,13 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
     check_task_names(cfg)
     two_tasks = cfg.mode in TWO_TASK_MODES
     heads = [cfg.source_task, cfg.task] if two_tasks else [cfg.task]
-    model, tokenizer, base_meta = load_model(cfg.base_model, heads)
+    model, tokenizer, base_meta = load_model(
+        cfg.base_model,
+        heads,
+        pooling=cfg.pooling,
+        head_dropout=cfg.head_dropout,
+        untie_blocks=cfg.untie_blocks,
+    )
     model.freeze(cfg.frozen_layers)
     training = cfg.mode != "extract"
     target = load_task_data(cfg, cfg.task, tokenizer) if training else None
@@ -328,9 +334,10 @@ def log_checkpoint(
         "task": cfg.task,
         "mode": cfg.mode,
         "frozen_layers": cfg.frozen_layers,
+        UNTIED: cfg.untie_blocks,
         "base": base_meta,  # the checkpoint this run started from, as it described itself
     }
-    if cfg.registers_source and mlmodel.has_hf_head(model):
+    if cfg.registers_source and mlmodel.has_hf_head(model, cfg.task):
         source = mlmodel.log_model(model, tokenizer, cfg.task, meta)
         ctx.logged_elsewhere += registry.model_bytes(source)
     else:

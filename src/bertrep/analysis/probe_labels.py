@@ -20,7 +20,7 @@ import numpy as np
 
 from bertrep.analysis.collect import MissingInput
 from bertrep.data.encode import IGNORE, encode_cached, tokenizer_digest
-from bertrep.data.probe_sets import build_probe_set, excluded_ids
+from bertrep.data.probe_sets import build_probe_set
 from bertrep.data.tasks import get_task, load_split
 
 
@@ -71,8 +71,8 @@ def _labels(task, digest, root_model, settings, data_dir: str, data_files: str) 
     data = encode_cached(spec, examples, file, tokenizer, max_length)  # the runs' cache
     probe = build_probe_set(
         data, task=task, split=spec.eval_split, file=file,
-        tokenizer_digest=tokenizer_digest(tokenizer), excluded=excluded_ids(tokenizer),
-        max_length=max_length, n_tokens=n_tokens, seed=seed, task_digest=spec.digest,
+        tokenizer_digest=tokenizer_digest(tokenizer), max_length=max_length,
+        n_tokens=n_tokens, seed=seed, task_digest=spec.digest,
     )  # fmt: skip
     if probe.digest != digest:
         raise MissingInput(

@@ -2,39 +2,51 @@
 
 An `Encoded` split is ragged: one int array of token ids per example, no padding.
 Tagging labels sit on each word's first sub-token; other sub-tokens and the
-special tokens carry IGNORE, so they count in neither loss nor score.
+special tokens carry IGNORE, so they count in neither loss nor score. Which tokens are
+special is the tokenizer's own word (its special-tokens mask: what its post-processor
+added, [CLS]/[SEP] for BERT, <s>/</s> for RoBERTa), never a guess from token ids.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
 
 from bertrep import env
 from bertrep.data.tasks import Example, TaskSpec
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 IGNORE = -100
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the special-tokens mask is stored; tagging words get a prefix space
 _MEMORY: dict[Path, Encoded] = {}  # this process's tokenized splits (never mutated)
 
 
 @dataclass
 class Encoded:
     """input_ids, token_type_ids: one (len_i,) int array per example.
-    labels: (n,) int or float array, or for tagging one (len_i,) int array per example."""
+    labels: (n,) int or float array, or for tagging one (len_i,) int array per example.
+    special_tokens_mask: one (len_i,) bool array per example, True where the tokenizer
+    added the token around the text (text that spells "[SEP]" is text: False)."""
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray]
     labels: np.ndarray | list[np.ndarray]
+    special_tokens_mask: list[np.ndarray]
     key: str = ""  # identity of these exact examples (empty: unknown, never cached)
 
     def __len__(self) -> int:
@@ -52,12 +64,17 @@ class Encoded:
             picked = hashlib.sha256(np.asarray(index, dtype=np.int64).tobytes()).hexdigest()
             key = f"{self.key}[{picked[:16]}]"
         return Encoded(
-            [self.input_ids[i] for i in index], [self.token_type_ids[i] for i in index], labels, key
+            [self.input_ids[i] for i in index],
+            [self.token_type_ids[i] for i in index],
+            labels,
+            [self.special_tokens_mask[i] for i in index],
+            key,
         )
 
 
 def tokenizer_digest(tokenizer) -> str:
-    """Digest of what decides token ids: vocabulary, normalizer, pre-tokenizer, specials.
+    """Digest of what decides token ids: vocabulary, normalizer, pre-tokenizer (a
+    byte-level one's prefix-space setting too), specials.
 
     Truncation and padding state is dropped: the backend tokenizer carries whatever the
     last call set, and it does not change the vocabulary.
@@ -68,14 +85,50 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def for_words(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer to call on words (`is_split_into_words=True`). A byte-level BPE one
+    (RoBERTa, GPT-2, ModernBERT) reads a word start from the space before it, and words
+    come without one: they must get the prefix space, so each word is tokenized as it
+    would be mid-sentence. Only a copy gets it: whole texts keep the tokenizer's own rule
+    (RoBERTa's first word has no space). Others (WordPiece, SentencePiece's Metaspace,
+    which already prefixes each word) come back as they are."""
+    backend = tokenizer.backend_tokenizer
+    if backend.pre_tokenizer is None:
+        return tokenizer
+    state = json.loads(backend.pre_tokenizer.__getstate__())
+    if not _add_prefix_space(state):
+        return tokenizer
+    # a pre-tokenizer is built from its JSON through a tokenizer that has nothing else
+    empty = json.loads(Tokenizer(WordLevel()).to_str())
+    words = copy.deepcopy(tokenizer)
+    words.backend_tokenizer.pre_tokenizer = Tokenizer.from_str(
+        json.dumps(empty | {"pre_tokenizer": state})
+    ).pre_tokenizer
+    return words
+
+
+def _add_prefix_space(node) -> bool:
+    """Turn on add_prefix_space in every ByteLevel step of a pre-tokenizer's JSON (also
+    inside a Sequence); whether any was off."""
+    children = node if isinstance(node, list) else []
+    if isinstance(node, dict):
+        children = list(node.values())
+    changed = [_add_prefix_space(child) for child in children]  # visits every step
+    if isinstance(node, dict) and node.get("type") == "ByteLevel":
+        changed.append(not node.get("add_prefix_space", False))
+        node["add_prefix_space"] = True
+    return any(changed)
+
+
 def encode(spec: TaskSpec, examples: list[Example], tokenizer, max_length: int) -> Encoded:
     """Tokenize examples (truncated to max_length tokens, specials included)."""
     if spec.kind == "tagging":
-        enc = tokenizer(
+        enc = for_words(tokenizer)(
             [list(ex.texts) for ex in examples],
             is_split_into_words=True,
             truncation=True,
             max_length=max_length,
+            return_special_tokens_mask=True,
         )
         labels = []
         for i, ex in enumerate(examples):
@@ -89,7 +142,9 @@ def encode(spec: TaskSpec, examples: list[Example], tokenizer, max_length: int) 
             labels.append(lab)
     else:
         columns = list(zip(*(ex.texts for ex in examples), strict=True))
-        enc = tokenizer(*columns, truncation=True, max_length=max_length)
+        enc = tokenizer(
+            *columns, truncation=True, max_length=max_length, return_special_tokens_mask=True
+        )
         dtype = np.float32 if spec.kind == "regression" else np.int64
         labels = np.asarray([ex.label for ex in examples], dtype=dtype)
     ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
@@ -97,7 +152,8 @@ def encode(spec: TaskSpec, examples: list[Example], tokenizer, max_length: int) 
         types = [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]]
     else:
         types = [np.zeros_like(x, dtype=np.int8) for x in ids]
-    return Encoded(ids, types, labels)
+    special = [np.asarray(x, dtype=bool) for x in enc["special_tokens_mask"]]
+    return Encoded(ids, types, labels, special)
 
 
 def cache_dir() -> Path:
@@ -164,6 +220,7 @@ def _write_encoded(path: Path, e: Encoded) -> None:
             "input_ids": _ragged(e.input_ids, np.int32),
             "token_type_ids": _ragged(e.token_type_ids, np.int8),
             "labels": labels,
+            "special_tokens_mask": _ragged(e.special_tokens_mask, np.bool_),
         }
     )
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -174,7 +231,12 @@ def _write_encoded(path: Path, e: Encoded) -> None:
 def _read_encoded(path: Path, tagging: bool) -> Encoded:
     table = feather.read_table(path, memory_map=False)
     labels = _unragged(table["labels"]) if tagging else table["labels"].to_numpy()
-    return Encoded(_unragged(table["input_ids"]), _unragged(table["token_type_ids"]), labels)
+    return Encoded(
+        _unragged(table["input_ids"]),
+        _unragged(table["token_type_ids"]),
+        labels,
+        _unragged(table["special_tokens_mask"]),
+    )
 
 
 def collate(

@@ -1,11 +1,12 @@
 """Probe sets: the fixed tokens on which every model of a comparison is read out.
 
 For task T: tokens of T's validation split (after tokenization and truncation),
-excluding [CLS], [SEP] and padding; N of them drawn uniformly without replacement
-over (sentence, position) with a seeded generator, then sorted by
-(sentence, position). The digest names everything that decides the selection
-(task, split, the split's tokens, tokenizer, max length, N, seed, rule), so
-two models can be compared on a probe set only if they share the digest.
+excluding the special tokens the tokenizer adds around the text (its special-tokens
+mask: [CLS] and [SEP] for BERT, <s> and </s> for RoBERTa; [UNK] is text); N of them
+drawn uniformly without replacement over (sentence, position) with a seeded generator,
+then sorted by (sentence, position). The digest names everything that decides the
+selection (task, split, the split's tokens, tokenizer, max length, N, seed, rule), so two
+models can be compared on a probe set only if they share the digest.
 """
 
 from __future__ import annotations
@@ -55,12 +56,6 @@ class ProbeSet:
         return cls(**cols, meta=meta)
 
 
-def excluded_ids(tokenizer) -> set[int]:
-    """[CLS], [SEP] and padding: never probe tokens. ([UNK] and the rest are text.)"""
-    ids = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
-    return {i for i in ids if i is not None}
-
-
 def build_probe_set(
     encoded: Encoded,
     *,
@@ -68,7 +63,6 @@ def build_probe_set(
     split: str,
     file: str,
     tokenizer_digest: str,
-    excluded: set[int],
     max_length: int,
     n_tokens: int,
     seed: int,
@@ -78,8 +72,13 @@ def build_probe_set(
     `task_digest`: an own task file's content digest (its labels, columns, metric), part
     of the identity; built-in tasks have none, so their digests stay as they were."""
     sentence, position, token_id = [], [], []
-    for i, ids in enumerate(encoded.input_ids):
-        keep = np.flatnonzero(~np.isin(ids, list(excluded)))
+    # Only the tokens the tokenizer added are left out. For BERT these are the positions
+    # the rule once found by id ([CLS], [SEP], [PAD]; Encoded holds no padding) wherever
+    # the text does not spell one, so the digests made before stay as they were.
+    for i, (ids, special) in enumerate(
+        zip(encoded.input_ids, encoded.special_tokens_mask, strict=True)
+    ):
+        keep = np.flatnonzero(~special)
         sentence.append(np.full(len(keep), i, dtype=np.int64))
         position.append(keep)
         token_id.append(ids[keep])

@@ -25,6 +25,10 @@ from bertrep.data.identity import MINILM
 from bertrep.errors import InputError
 
 MODES = ("single", "sequential", "shuffled", "extract")
+POOLINGS = ("auto", "pooler", "first", "mean")
+# Fields added after stores held runs: at these defaults they stay out of the config key,
+# so runs stored before them keep their keys (and are found, resumed and skipped).
+KEYED_OFF_DEFAULT = {"pooling": "auto", "head_dropout": 0.1, "untie_blocks": False}
 TWO_TASK_MODES = ("sequential", "shuffled")  # A = source_task, then or mixed with B = task
 # What of a local base_model folder makes the model: config, heads, tokenizer, weights.
 
@@ -37,6 +41,11 @@ class TrainConfig:
     source_task: str = "base"  # the task base_model was fine-tuned on ("base": pretrained)
     frozen_layers: int = 0  # k: embeddings and blocks 1..k frozen (0: nothing frozen)
     seed: int = 0
+    # heads: sequence pooling auto (BERT's pooler for BERT, else the first token) |
+    # pooler | first | mean, and their dropout
+    pooling: str = "auto"
+    head_dropout: float = 0.1
+    untie_blocks: bool = False  # ALBERT: each block its own copy of the shared weights
     # two-task training (forgetting): A = source_task, B = task
     # single | sequential (A, then B) | shuffled (A and B mixed) | extract (no training:
     # base_model's activations on the probe sets, e.g. the pretrained model's)
@@ -93,6 +102,8 @@ class TrainConfig:
             "diverge_margin": self.diverge_margin >= 0,
         }
         checks["sampling"] = self.sampling in ("uniform", "proportional")
+        checks["pooling"] = self.pooling in POOLINGS
+        checks["head_dropout"] = 0 <= self.head_dropout < 1
         checks["source_steps"] = self.source_steps >= 0
         for name, ok in checks.items():
             if not ok:
@@ -171,6 +182,10 @@ class TrainConfig:
             "frozen_layers": 0,
             "base_model": self.base_model,
             "save_checkpoint": True,
+            # the encoder and heads it trains are this run's (sequential keeps A's head)
+            "pooling": self.pooling,
+            "head_dropout": self.head_dropout,
+            "untie_blocks": self.untie_blocks,
         }
 
     def data_reads(self) -> list[tuple[str, str, str]]:
@@ -199,6 +214,9 @@ class TrainConfig:
         base_model folder by its model files' content: moving either keeps the key."""
         values = dataclasses.asdict(self)
         del values["data_dir"], values["data_files"], values["task_files"]
+        for name, default in KEYED_OFF_DEFAULT.items():
+            if values[name] == default:
+                del values[name]
         own = self.own_tasks()
         if own:  # by content, wherever the files lie; absent for built-ins
             values["own_tasks"] = own

@@ -14,8 +14,10 @@ case (a token-classification model does not use it, but a transfer from POS star
 it), and `AutoModel.from_pretrained(<model folder>/model)` loads the encoder alone.
 `model.load_model` reads these folders back with the head (see `model.mlflow_parts`).
 Two-task runs (two heads) log no MLflow Model: their `checkpoint` artifact loads with
-`model.load_model("runs:/<id>/checkpoint", [])`, both heads included. Sources on
-non-BERT encoders register that checkpoint folder instead (bertrep's loader only).
+`model.load_model("runs:/<id>/checkpoint", [])`, both heads included. Other families
+do the same where their HF head class is bertrep's head (every tagging head but
+ModernBERT's; ALBERT's sequence head with pooling=pooler): `has_hf_head`. Sources whose
+head no HF class computes register the checkpoint folder instead (bertrep's loader).
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ import pandas as pd
 import torch
 import transformers
 from transformers import (
-    BertForSequenceClassification,
-    BertForTokenClassification,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     PreTrainedModel,
     pipeline,
 )
 
-from bertrep import tracking
+from bertrep import encoders, tracking
 from bertrep.data.tasks import get_task
 from bertrep.training.model import TaskModel, task_files_of
 
@@ -58,20 +60,26 @@ def label_names(task: str) -> tuple[str, ...]:
     return DISPLAY_LABELS.get(task, spec.labels)
 
 
-def has_hf_head(model: TaskModel) -> bool:
-    """Whether Hugging Face's head classes compute what bertrep's heads do on this
-    encoder: BERT's (dropout and a linear layer on the pooled [CLS] or every token)."""
-    return model.encoder.config.model_type == "bert"
+def has_hf_head(model: TaskModel, task: str) -> bool:
+    """Whether a Hugging Face head class computes what bertrep's `task` head does on this
+    encoder (dropout and one linear layer on the pooled output or on every token): for
+    tagging in every family but ModernBERT, for a sequence task only with BERT's (and
+    ALBERT's) pooler (`encoders.families`)."""
+    anatomy = encoders.anatomy_of(model.encoder)
+    if get_task(task).kind == "tagging":
+        return anatomy.hf_token_head
+    return anatomy.hf_sequence_head == model.pooling
 
 
 def to_transformers(model: TaskModel, task: str) -> PreTrainedModel:
     """The Hugging Face model with `task`'s head that computes what `model` does for it:
     the same encoder weights (pooler included) and the head's linear layer, in eval mode."""
     encoder = model.encoder
-    if not has_hf_head(model):
+    if not has_hf_head(model, task):
+        family = encoders.anatomy_of(encoder).family
         raise ValueError(
-            f"cannot log a {encoder.config.model_type!r} encoder as an MLflow Model: only "
-            "BERT encoders have Hugging Face heads equal to bertrep's"
+            f"cannot log a {family} encoder's {task} head ({model.pooling} pooling) as an "
+            "MLflow Model: no Hugging Face head class computes it"
         )
     spec = get_task(task)
     config = copy.deepcopy(encoder.config)
@@ -81,12 +89,19 @@ def to_transformers(model: TaskModel, task: str) -> PreTrainedModel:
     config.label2id = {name: i for i, name in enumerate(names)}
     config.problem_type = "regression" if spec.kind == "regression" else None
     head_class = (
-        BertForTokenClassification if spec.kind == "tagging" else BertForSequenceClassification
+        AutoModelForTokenClassification
+        if spec.kind == "tagging"
+        else AutoModelForSequenceClassification
     )
-    hf = head_class(config)
-    hf.bert = copy.deepcopy(encoder)
-    hf.classifier.load_state_dict(model.heads[task].out.state_dict())
+    hf = head_class.from_config(config)
+    setattr(hf, hf.base_model_prefix, copy.deepcopy(encoder))
+    classifier = getattr(hf, encoders.anatomy_of(encoder).hf_classifier)
+    classifier.load_state_dict(model.heads[task].out.state_dict())
     return hf.eval()
+
+
+def _heads_meta(model: TaskModel, task: str) -> dict:
+    return {"heads": [task], "pooling": model.pooling, **task_files_of([task])}
 
 
 def input_example(task: str):
@@ -120,7 +135,7 @@ def log_model(model: TaskModel, tokenizer, task: str, meta: dict) -> str:
             name=tracking.MODEL_NAME,
             input_example=input_example(task),
             pip_requirements=requirements(),
-            metadata={tracking.MODEL_META: {**meta, "heads": [task], **task_files_of([task])}},
+            metadata={tracking.MODEL_META: {**meta, **_heads_meta(model, task)}},
         )
     return info.model_uri
 

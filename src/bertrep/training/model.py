@@ -28,13 +28,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.masking_utils import create_bidirectional_mask
 
-from bertrep import tracking
+from bertrep import encoders, tracking
 from bertrep.data.tasks import TaskSpec, get_task, register
 from bertrep.errors import InputError, UnavailableError
 from bertrep.tracking import registry
-from bertrep.training.config import MINILM
+from bertrep.training.config import MINILM, POOLINGS
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "bertrep.json"
@@ -42,6 +41,7 @@ META_FILE = "bertrep.json"
 # of the model it started from (its metadata's base_model), loaded first.
 TRAINED_FILE = "trained.safetensors"
 FROZEN_DIGEST = "frozen_digest"  # bertrep.json: sha256 of those start-model weights
+UNTIED = "untie_blocks"  # bertrep.json: ALBERT's shared blocks were untied before training
 MLMODEL_FILE = "MLmodel"  # an MLflow Model's description
 
 
@@ -66,7 +66,8 @@ def resolve_model_path(base_model: str) -> str:
 
 
 class Head(nn.Module):
-    """BERT's task heads: the pooled [CLS] output for a sequence, every token for tags."""
+    """A task head: dropout and one linear layer on the pooled sequence (a sequence task)
+    or on every token (tagging)."""
 
     def __init__(self, spec: TaskSpec, hidden_size: int, dropout: float) -> None:
         super().__init__()
@@ -82,11 +83,23 @@ class Head(nn.Module):
 
 
 class TaskModel(nn.Module):
-    """One encoder, one head per task."""
+    """One encoder, one head per task.
 
-    def __init__(self, encoder: PreTrainedModel, tasks: list[str]) -> None:
+    pooling (sequence tasks): `pooler` is BERT's pooler on the first token (the paper's),
+    `first` the first token's last hidden state, `mean` the mean over the sentence's
+    tokens; `auto` is the family's own (`pooler` for BERT, `first` for the others)."""
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        tasks: list[str],
+        pooling: str = "auto",
+        head_dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.pooling = resolve_pooling(encoder, pooling)
+        self.head_dropout = head_dropout
         self.heads = nn.ModuleDict()
         self.frozen_layers = 0
         for task in tasks:
@@ -97,72 +110,72 @@ class TaskModel(nn.Module):
         return self.encoder.config.num_hidden_layers
 
     def add_head(self, task: str) -> None:
-        cfg = self.encoder.config
-        self.heads[task] = Head(get_task(task), cfg.hidden_size, cfg.hidden_dropout_prob)
+        self.heads[task] = Head(get_task(task), self.encoder.config.hidden_size, self.head_dropout)
 
     def forward(
         self, task: str, input_ids, attention_mask, token_type_ids=None, prefix_states=None
     ):
         """Logits of `task`'s head. With `prefix_states` (b, t, h), the output of the frozen
-        prefix (block k), only blocks k+1..L run."""
-        if prefix_states is None:
-            out = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
-            sequence, pooled = out.last_hidden_state, out.pooler_output
-        else:
-            sequence = self.run_blocks(prefix_states, attention_mask, self.frozen_layers)
-            pooled = self.encoder.pooler(sequence) if self.encoder.pooler is not None else None
-        if pooled is None:
-            pooled = sequence[:, 0]
-        return self.heads[task](sequence, pooled)
-
-    def run_blocks(
-        self,
-        hidden: torch.Tensor,
-        attention_mask: torch.Tensor,
-        start: int,
-        stop: int | None = None,
-    ) -> torch.Tensor:
-        """Blocks start+1..stop (default: to the top) on hidden states (b, t, h) of layer
-        `start`; the mask is built the way the encoder builds it."""
-        mask = create_bidirectional_mask(
-            config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask
+        prefix (hidden state k), only blocks k+1..L run."""
+        start = self.frozen_layers if prefix_states is not None else 0
+        sequence = encoders.run(
+            self.encoder,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            start=start,
+            states=prefix_states,
         )
-        for block in self.encoder.encoder.layer[start:stop]:
-            hidden = block(hidden, mask)
-        return hidden
+        return self.heads[task](sequence, self.pool(sequence, attention_mask))
+
+    def pool(self, sequence: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(b, t, h) last hidden states -> (b, h), as `pooling` says."""
+        if self.pooling == "pooler":
+            return encoders.pooler_output(self.encoder, sequence)
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(sequence.dtype)
+            return (sequence * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return sequence[:, 0]
 
     def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
-        """(L + 1) tensors (b, t, h): the embedding output, then each block's output."""
+        """(L + 1) tensors (b, t, h): the stem's output, then each block's output (the
+        last as the model returns it: after its final norm where it has one)."""
         out = self.encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
+            **encoders.inputs(self.encoder, input_ids, attention_mask, token_type_ids),
             output_hidden_states=True,
         )
         return out.hidden_states
 
     def freeze(self, k: int) -> None:
-        """Freeze the embeddings and blocks 1..k (k = 0: nothing)."""
-        if not 0 <= k <= self.num_layers:
-            raise InputError(f"frozen_layers={k} is outside 0..{self.num_layers} for this model")
+        """Freeze the stem (embeddings, and what every block reads) and blocks 1..k (k = 0:
+        nothing)."""
+        encoders.frozen_paths(self.encoder, k)  # refuses a k this encoder cannot freeze
         self.frozen_layers = k
         for module in self._frozen_modules():
             module.requires_grad_(False)
         self.train(self.training)
 
     def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_layers == 0:
-            return []
-        blocks = self.encoder.encoder.layer[: self.frozen_layers]
-        return [self.encoder.embeddings, *blocks]
+        return encoders.frozen_modules(self.encoder, self.frozen_layers)
 
     def train(self, mode: bool = True) -> TaskModel:
         super().train(mode)
         for module in self._frozen_modules():
             module.eval()  # no dropout in the frozen prefix, whatever the phase
         return self
+
+
+def resolve_pooling(encoder: PreTrainedModel, pooling: str) -> str:
+    """The pooling a sequence head uses: `auto` is the family's own; `pooler` needs an
+    encoder with a pooler."""
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
+    if pooling == "auto":
+        pooling = encoders.anatomy_of(encoder).default_pooling
+    if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+        family = encoders.anatomy_of(encoder).family
+        raise InputError(f"pooling=pooler: this {family} encoder has no pooler; use first or mean")
+    return pooling
 
 
 def loss_fn(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -196,11 +209,20 @@ def _know_head_tasks(meta: dict) -> None:
                 raise InputError(f"the model's {name} head: {error}") from None
 
 
-def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, dict]:
+def load_model(
+    base_model: str,
+    tasks: list[str],
+    *,
+    pooling: str = "",
+    head_dropout: float = 0.1,
+    untie_blocks: bool = False,
+) -> tuple[TaskModel, object, dict]:
     """The model to fine-tune on `tasks`, its tokenizer, and the source checkpoint's metadata.
 
     Heads for tasks the source checkpoint already has are kept (sequential training
     keeps A's head); the others start fresh (transfer trains a fresh head for B).
+    pooling: the heads' (empty: the checkpoint's, else `auto`); untie_blocks: ALBERT's
+    shared blocks as L blocks of their own (`encoders.untie`).
     """
     path = resolve_model_path(base_model)
     if os.path.isfile(os.path.join(path, MLMODEL_FILE)):
@@ -226,7 +248,10 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
         why = str(error).strip().splitlines()[0]
         what = "is not a local folder, an MLflow model URI or a model the Hugging Face hub"
         raise UnavailableError(f"base_model {base_model!r} {what} serves here: {why}") from None
-    model = TaskModel(copy.deepcopy(encoder), [])
+    encoder = copy.deepcopy(encoder)
+    if untie_blocks:
+        encoders.untie(encoder)
+    model = TaskModel(encoder, [], pooling or meta.get("pooling", "auto"), head_dropout)
     for task in meta.get("heads", []):
         model.add_head(task)
     model.heads.load_state_dict(heads)
@@ -239,7 +264,7 @@ def load_model(base_model: str, tasks: list[str]) -> tuple[TaskModel, object, di
 def _load_trained_part(path: str, meta: dict):
     """A frozen run's checkpoint, whole: the encoder it started from with the weights it
     trained on top (every one of them, nothing else), and its tokenizer."""
-    start, _, _ = load_model(meta["base_model"], [])
+    start, _, _ = load_model(meta["base_model"], [], untie_blocks=meta.get(UNTIED, False))
     k = int(meta.get("frozen_layers", 0))
     if frozen_digest(start.encoder, k) != meta.get(FROZEN_DIGEST):
         raise InputError(
@@ -248,7 +273,8 @@ def _load_trained_part(path: str, meta: dict):
         )
     trained = load_file(os.path.join(path, TRAINED_FILE))
     missing, unexpected = start.encoder.load_state_dict(trained, strict=False)
-    untrained = [name for name in missing if not name.startswith(_frozen_prefixes(k))]
+    frozen = _frozen_prefixes(start.encoder, k)
+    untrained = [name for name in missing if not name.startswith(frozen)]
     if unexpected or untrained:
         raise ValueError(
             f"{path}: its trained weights do not fit its start model {meta['base_model']} "
@@ -257,16 +283,17 @@ def _load_trained_part(path: str, meta: dict):
     return start.encoder, AutoTokenizer.from_pretrained(path)
 
 
-def _frozen_prefixes(k: int) -> tuple[str, ...]:
-    return ("embeddings.", *(f"encoder.layer.{i}." for i in range(k)))
+def _frozen_prefixes(encoder: PreTrainedModel, k: int) -> tuple[str, ...]:
+    return tuple(f"{path}." for path in encoders.frozen_paths(encoder, k))
 
 
 def frozen_digest(encoder: PreTrainedModel, k: int) -> str:
-    """sha256 of the encoder's frozen part (embeddings and blocks 1..k) tensor by tensor:
+    """sha256 of the encoder's frozen part (the stem and blocks 1..k) tensor by tensor:
     what a trained-part checkpoint must find again in its start model."""
     digest = hashlib.sha256()
+    frozen = _frozen_prefixes(encoder, k)
     for name, tensor in sorted(encoder.state_dict().items()):
-        if name.startswith(_frozen_prefixes(k)):
+        if name.startswith(frozen):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -345,5 +372,6 @@ def save_checkpoint(model: TaskModel, tokenizer, folder: str | Path, meta: dict)
     heads = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
     save_file(heads, folder / HEADS_FILE)
     with open(folder / META_FILE, "w") as f:
-        json.dump({**meta, "heads": list(model.heads), **task_files_of(model.heads)}, f, indent=2)
+        heads = {"heads": list(model.heads), "pooling": model.pooling, **task_files_of(model.heads)}
+        json.dump({**meta, **heads}, f, indent=2)
     return folder

@@ -1,6 +1,6 @@
 """The frozen prefix, computed once.
 
-With frozen_layers = k >= 1 the embeddings and blocks 1..k are a fixed feature
+With frozen_layers = k >= 1 the stem and blocks 1..k are a fixed feature
 extractor (no gradient, no dropout): their output for a training example is the
 same at every step, in every epoch, and in every run from the same base model. It
 is computed once per (base model, training set, k) in a process and fed to blocks
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from bertrep import encoders
 from bertrep.data.encode import Encoded, collate, eval_batches
 
 # (base model, training set) -> {k: one (len_i, h) float32 tensor per example}
@@ -61,16 +62,19 @@ def prefix_states(
     # float32 whatever the training precision: these values stand in for the prefix
     with torch.autocast(device_type=device.type, enabled=False):
         for index in eval_batches(data, batch_size):
-            batch = collate(data, index, pad_id, entry.get(below))
-            mask = batch["attention_mask"].to(device)
-            if below:
-                hidden = batch["prefix_states"].to(device)
-            else:
-                hidden = model.encoder.embeddings(
-                    input_ids=batch["input_ids"].to(device),
-                    token_type_ids=batch["token_type_ids"].to(device),
-                )
-            hidden = model.run_blocks(hidden, mask, below, k).float().cpu()
+            batch = {
+                k: v.to(device) for k, v in collate(data, index, pad_id, entry.get(below)).items()
+            }
+            hidden = encoders.run(
+                model.encoder,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["token_type_ids"],
+                start=below,
+                stop=k,
+                states=batch.get("prefix_states"),
+            )
+            hidden = hidden.float().cpu()
             for row, i in enumerate(index):
                 states[i] = hidden[row, : len(data.input_ids[i])].clone()
     model.train(was_training)

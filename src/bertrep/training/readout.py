@@ -21,7 +21,7 @@ import torch
 from bertrep import tracking
 from bertrep.data import activations
 from bertrep.data.encode import Encoded, collate, encode_cached, tokenizer_digest
-from bertrep.data.probe_sets import ProbeSet, build_probe_set, excluded_ids
+from bertrep.data.probe_sets import ProbeSet, build_probe_set
 from bertrep.data.tasks import get_task, load_split
 from bertrep.training.config import TrainConfig
 
@@ -44,7 +44,6 @@ def probe_sets(cfg: TrainConfig, tokenizer) -> Probes:
             split=spec.eval_split,
             file=file,
             tokenizer_digest=digest,
-            excluded=excluded_ids(tokenizer),
             max_length=cfg.max_length,
             n_tokens=cfg.probe_tokens,
             seed=cfg.probe_seed,
