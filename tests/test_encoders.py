@@ -6,6 +6,8 @@ bertrep's heads where the family table says they do. Tiny random configs of each
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from encoder_families import FAMILY_TYPES, make_tiny_encoder, tiny_config
@@ -196,3 +198,26 @@ def test_hf_head_classes_compute_bertreps_heads_where_the_table_says(family, tok
     with torch.no_grad():
         theirs = hf(**encoders.inputs(model.encoder, **inputs)).logits
         torch.testing.assert_close(theirs, model(task, **inputs), rtol=0, atol=1e-6)
+
+
+def test_describe_says_what_hidden_state_l_is(family):
+    """Activation tables carry this: ModernBERT's hidden state L is past its final norm."""
+    model_type, folder = family
+    encoder = load_model(str(folder), [])[0].encoder
+    last = "block L after the final norm (final_norm)" if model_type == "modernbert" else (
+        "output of block L"
+    )  # fmt: skip
+    assert encoders.describe(encoder) == {"model_type": model_type, "last_hidden_state": last}
+
+
+def test_docs_table_matches_every_familys_anatomy():
+    """docs/encoders.md has a row per family, saying what the anatomy says of hidden state
+    L and of `pooling=auto`."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "encoders.md").read_text()
+    rows = {line.split("|")[1].split("`")[1]: line for line in page.splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    for model_type, anatomy in encoders.FAMILIES.items():
+        cells = [cell.strip() for cell in rows[model_type].split("|")]
+        assert encoders.last_hidden_state(anatomy) in cells, model_type
+        assert f"`{anatomy.default_pooling}`" in cells, model_type
+        assert anatomy.blocks in cells[3], model_type

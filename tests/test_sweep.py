@@ -490,3 +490,63 @@ def test_an_aufc_sweep_over_an_own_task_through_the_analysis(tiny_model, fixture
     scores = pd.read_parquet(Path(folder) / "scores.parquet")
     mine = scores[scores.target == "reviews"]
     assert len(mine) == 4 and mine.chance.to_numpy() == pytest.approx([25 / 73] * 4)
+
+
+@pytest.mark.slow
+def test_a_sweep_across_two_encoder_families_through_the_analysis(tiny_model, data_dir, tmp_path):
+    """The shipped families sweep with its base_model axis on two tiny families (BERT,
+    2 blocks; ModernBERT, 4 blocks, local and global attention), then its analysis: each
+    family's tables in its own folder, their matrices side by side, and every layer of
+    one against every layer of the other on the same words."""
+    from encoder_families import make_tiny_encoder
+    from transformers import AutoTokenizer
+
+    modernbert = make_tiny_encoder("modernbert", tmp_path / "modernbert",
+                                   AutoTokenizer.from_pretrained(tiny_model))  # fmt: skip
+    store = store_env(tmp_path, data_dir)
+    overrides = (f"base_model=[{tiny_model},{modernbert}],seed=0,max_steps=20,"
+                 "max_train_examples=160,max_eval_examples=64,probe_tokens=60")  # fmt: skip
+    cmd = [sys.executable, "-m", "bertrep.sweep", "--spec",
+           str(REPO / "sweeps" / "smoke" / "families.yaml"), "--overrides", overrides]  # fmt: skip
+    done = subprocess.run(cmd, env=store, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    finished = check_complete(store, 10)  # 2 families x (2 sources, 2 transfers, 1 read-out)
+    started = {r.data.tags[tracking.BASE_MODEL] for r in finished}  # folders, or a source
+    assert {m for m in started if not m.startswith("models:/")} == {str(tiny_model),
+                                                                    str(modernbert)}  # fmt: skip
+    cmd = [sys.executable, "-m", "bertrep.analyze", "--spec",
+           str(REPO / "analysis" / "families.yaml"), "--overrides",
+           "bootstrap.replicates=0,diagnostics=false,predictors=false"]  # fmt: skip
+    done = subprocess.run(cmd, env=store, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "# Across base models" in done.stdout
+    mlflow.set_tracking_uri(store[env.MLFLOW_TRACKING_URI])
+    analysis = [r for r in runs(store) if r.data.tags.get(tracking.KIND) == "analysis"][0]
+    with server.serve(store[env.MLFLOW_TRACKING_URI], tmp_path / "logs") as uri:
+        with server.tracking_at(uri):
+            where = {"run_id": analysis.info.run_id, "dst_path": str(tmp_path / "a")}
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_path="", **where))
+    names = {tiny_model.name.lower(), "modernbert"}
+    assert {p.name for p in (folder / "tables").iterdir() if p.is_dir()} == names
+    for name in names:  # each family's own analysis of its own runs (tiny random models
+        # mostly end at chance: the tables say so, cell by cell)
+        runs_of = pd.read_parquet(folder / "tables" / name / "runs.parquet")
+        assert len(runs_of) == 5 and runs_of.root_model.nunique() == 1
+        assert len(pd.read_parquet(folder / "tables" / name / "transfer_k0.parquet")) == 6
+    side = pd.read_parquet(folder / "tables" / "base_models.parquet")
+    assert set(side.base_model) == {str(tiny_model), str(modernbert)}
+    cross = pd.read_parquet(folder / "tables" / "cross_model_cka.parquet")
+    pretrained = cross[(cross.model == "pretrained") & (cross.estimator == "biased")]
+    depth = {str(tiny_model): 2, str(modernbert): 4}
+    for task in ("sst2", "pos"):
+        grid = pretrained[pretrained.probe_task == task]
+        a, b = grid.base_a.iloc[0], grid.base_b.iloc[0]
+        # hidden states 0..2 of the BERT against 0..4 of the ModernBERT, on the same words
+        assert sorted(set(grid.layer_a)) == list(range(depth[a] + 1))
+        assert sorted(set(grid.layer_b)) == list(range(depth[b] + 1))
+        assert grid.cka.between(0, 1 + 1e-9).all() and grid.words.nunique() == 1
+    # the fine-tuned pairs only where both families have a k = 0 run that did not fail
+    assert "pretrained" in set(cross.model)
+    assert set(cross.model) <= {"pretrained", "fine-tuned on sst2", "fine-tuned on pos"}
+    assert (folder / "figures" / "base_models_side_by_side.png").is_file()
+    assert (folder / "figures" / "cross_model_cka_pos.png").is_file()

@@ -153,6 +153,33 @@ def test_download_model_fetches_a_registered_checkpoint(mlflow_store, tmp_path):
         registry.download_model("models:/bertrep-pos")
 
 
+def test_aliases_name_the_base_model_and_keep_seed_s_for_minilm(mlflow_store):
+    """Sources of several base models in one store: one alias per base model and seed,
+    `seed<s>` only for MiniLM (as before), none for a diverged source."""
+    slugs = {
+        "answerdotai/ModernBERT-base": "modernbert-base",
+        "/data/models/my.Tiny_BERT/": "my-tiny_bert",
+        "minilm": "minilm",
+        "models:/bertrep-sst2/3": "bertrep-sst2-3",
+        "...": "model",
+    }
+    assert {base: registry.base_model_slug(base) for base in slugs} == slugs
+    register = {}
+    for base in ("minilm", "answerdotai/ModernBERT-base", "/m/roberta", "diverged/x"):
+        tags = {tracking.SEED: 1, tracking.BASE_MODEL: base}
+        source, run = "runs:/r/checkpoint", train_run(base)
+        register[base] = registry.register_model(
+            "sst2", source, run, tags, alias=base != "diverged/x"
+        )
+    aliases = MlflowClient().get_registered_model("bertrep-sst2").aliases
+    assert aliases == {"seed1": 1, "minilm-seed1": 1, "modernbert-base-seed1": 2,
+                       "roberta-seed1": 3}  # fmt: skip
+    for alias, version in aliases.items():  # each resolves to its own base model's version
+        by_alias = MlflowClient().get_model_version_by_alias("bertrep-sst2", alias)
+        assert f"models:/bertrep-sst2/{by_alias.version}" == register[by_alias.tags["base_model"]]
+        assert int(by_alias.version) == version
+
+
 def test_store_uris_are_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(env.MLFLOW_TRACKING_URI, "sqlite:///sub/mlflow.db")

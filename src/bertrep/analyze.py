@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bertrep import env, figures, tracking
-from bertrep.analysis import cells, summary
+from bertrep.analysis import across, cells, summary
 from bertrep.analysis.cells import typed
 from bertrep.analysis.collect import MissingInput, Store, TrainRun, log_tables
 from bertrep.analysis.diagnostics import rogue_tables, subgroup_profiles
@@ -80,24 +80,19 @@ def collect(spec: AnalysisSpec, store: Store) -> tuple[dict[str, str], list[Trai
             f"({named}); "
             f"run a sweep first, e.g. {sweep_command('aufc', _setting(spec))}"
         )
-    return parents, _one_base_model(spec, list(runs.values())), missing
+    return parents, list(runs.values()), missing
 
 
-def _one_base_model(spec: AnalysisSpec, runs: list[TrainRun]) -> list[TrainRun]:
-    """Numbers from different base models never share a matrix: keep the spec's base model,
-    or refuse a mix naming both."""
+def _base_models(spec: AnalysisSpec, runs: list[TrainRun]) -> dict[str, list[TrainRun]]:
+    """The runs of each base model analysed: the spec's one, else every one the sweeps
+    hold (numbers from different base models never share a matrix)."""
     if spec.base_model:
         wanted = model_identity(spec.base_model)
         kept = [r for r in runs if model_identity(r.root_model) == wanted]
         if not kept:
             raise MissingInput(f"no run starts from base_model {spec.base_model}")
-        return kept
-    roots = sorted({r.root_model for r in runs})
-    if len(roots) > 1:
-        raise ValueError(
-            f"the sweeps mix base models {roots[0]} and {roots[1]}: set base_model in the spec"
-        )
-    return runs
+        return across.by_base_model(kept)
+    return across.by_base_model(runs)
 
 
 def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
@@ -176,11 +171,12 @@ def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:
 
 
 def _run_row(run: TrainRun) -> dict:
-    skip = ("params", "probe_digests", "tables_from")
+    skip = ("params", "probe_digests", "tables_from", "word_digests")
     row = {k: v for k, v in dataclasses.asdict(run).items() if k not in skip}
     return row | {
         "label": run.label,
         "probe_digests": ",".join(f"{t}={d}" for t, d in sorted(run.probe_digests.items())),
+        "word_digests": ",".join(f"{t}={d}" for t, d in sorted(run.word_digests.items())),
         # probe task=runs:/<run>/<table> of each table referenced instead of extracted
         "tables_from": ",".join(f"{t}={tracking.RUNS_URI}{r}/{a}"
                                 for t, (r, a) in sorted(run.tables_from.items())),
@@ -240,22 +236,50 @@ class AnalysisFailed(RuntimeError):
     where its traceback was logged."""
 
 
-def _compute_and_log(inputs: Inputs, spec: AnalysisSpec, spec_text: str, parents: dict):
-    """The tables, summary and figures, logged into the active run."""
-    tables = compute(inputs, spec)
+def _compute_and_log(by_base: dict[str, Inputs], spec: AnalysisSpec, spec_text: str,
+                     parents: dict, store: Store):  # fmt: skip
+    """The tables, summary and figures, logged into the active run: as they are for one
+    base model; for several, each base model's in its own folder (tables/<model>/,
+    figures/<model>/) and the comparisons across them at the top."""
+    several = len(by_base) > 1
+    all_tables, texts, drawn = {}, [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        with inputs.computing("writing the tables"):
-            log_tables(tables, folder / tracking.TABLES_DIR)
-        with inputs.computing("the summary"):
-            text = summary.markdown(spec, tables, parents)
-        mlflow.log_text(text, tracking.ANALYSIS_SUMMARY)
+        for base, inputs in by_base.items():
+            sub = across.slug(base) if several else ""
+            tables = all_tables[base] = compute(inputs, spec)
+            with inputs.computing("writing the tables"):
+                log_tables(tables, folder / tracking.TABLES_DIR / sub, sub)
+            with inputs.computing("the summary"):
+                text = summary.markdown(spec, tables, parents)
+            texts.append(f"# Base model {base}\n\n{text}" if several else text)
+            drawn += figures.draw_all(tables, folder / "figures" / sub, spec.tasks,
+                                      inputs.computing)  # fmt: skip
+        if several:
+            inputs = next(iter(by_base.values()))
+            with inputs.computing("the comparisons across base models"):
+                tables, text = _across(by_base, all_tables, spec, store)
+                log_tables(tables, folder / tracking.TABLES_DIR / "across", "")
+                texts.insert(0, text)
+                drawn += figures.across_figures(tables, folder / "figures", spec.tasks)
+        mlflow.log_text("\n\n".join(texts), tracking.ANALYSIS_SUMMARY)
         mlflow.log_text(
             spec_text or json.dumps(dataclasses.asdict(spec), indent=1), tracking.ANALYSIS_SPEC
         )
-        drawn = figures.draw_all(tables, folder / "figures", spec.tasks, inputs.computing)
         mlflow.log_artifacts(str(folder / "figures"), tracking.FIGURES_DIR)
-    return tables, text, drawn
+    missing = sum(len(t["missing"]) for t in all_tables.values())
+    return missing, "\n\n".join(texts), drawn
+
+
+def _across(by_base: dict[str, Inputs], all_tables: dict, spec: AnalysisSpec, store: Store):
+    """The tables across base models (side by side, cross-model CKA) and their summary."""
+    groups = {base: inputs.runs for base, inputs in by_base.items()}
+    cross, unmatched = across.cross_model_cka(groups, spec.tasks, store, spec.estimators)
+    tables = {
+        "base_models": across.side_by_side(all_tables, spec.tasks, spec.estimators[0]),
+        "cross_model_cka": cross,
+    }
+    return tables, across.summary_text(tables, unmatched)
 
 
 def _failed(spec: AnalysisSpec, inputs: Inputs, run_id: str, error: Exception) -> AnalysisFailed:
@@ -279,8 +303,19 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
     store = Store(spec.experiment)
     parents, runs, missing = collect(spec, store)
     intervals = Intervals(spec.bootstrap) if spec.bootstrap.replicates else None
-    inputs = Inputs(runs, store, spec.tasks, spec.estimators, spec.embeddings, missing, intervals,
-                    setting=_setting(spec))  # fmt: skip
+    by_base = {
+        base: Inputs(
+            group,
+            store,
+            spec.tasks,
+            spec.estimators,
+            spec.embeddings,
+            list(missing),
+            intervals,
+            setting=_setting(spec),
+        )  # fmt: skip
+        for base, group in _base_models(spec, runs).items()
+    }
     tags = {
         tracking.KIND: tracking.ANALYSIS_KIND,
         tracking.ANALYSIS_NAME: spec.name,
@@ -289,14 +324,17 @@ def analyze(spec: AnalysisSpec, spec_text: str = "") -> mlflow.entities.Run:
     }
     with tracking.start_run(_experiment(spec, parents, store), tags=tags) as run:
         try:
-            tables, text, drawn = _compute_and_log(inputs, spec, spec_text, parents)
+            missing, text, drawn = _compute_and_log(by_base, spec, spec_text, parents, store)
         except Exception as error:
-            raise _failed(spec, inputs, run.info.run_id, error) from error
+            failed = next(
+                (i for i in by_base.values() if i.failed_at), next(iter(by_base.values()))
+            )
+            raise _failed(spec, failed, run.info.run_id, error) from error
         mlflow.log_metrics(
             {
                 tracking.ANALYSIS_DOWNLOADS: store.cache.downloads,
                 tracking.ANALYSIS_CACHE_HITS: store.cache.hits,
-                tracking.ANALYSIS_MISSING: len(tables["missing"]),
+                tracking.ANALYSIS_MISSING: missing,
                 tracking.ANALYSIS_FIGURES: len(drawn),
                 tracking.ANALYSIS_SECONDS: time.time() - started,
             }

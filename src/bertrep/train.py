@@ -43,7 +43,7 @@ from bertrep.data.tasks import get_task
 from bertrep.errors import InputError
 from bertrep.maths.forgetting import drift
 from bertrep.maths.transfer import normalize
-from bertrep.tracking import registry
+from bertrep.tracking import best, registry
 from bertrep.training import mlmodel
 from bertrep.training.config import (
     TWO_TASK_MODES,
@@ -59,7 +59,9 @@ from bertrep.training.readout import (
     extract_all,
     log_activations,
     log_probe_tables,
+    log_word_tables,
     probe_sets,
+    word_probe_sets,
 )
 
 
@@ -69,9 +71,9 @@ def resolve_best(cfg: TrainConfig, task: TaskData) -> None:
     if cfg.best_score and task.spec.name == cfg.task:
         task.best, task.best_origin = cfg.best_score, "given"
         return
-    best, runs = tracking.reference_best(task.spec.name, cfg.base_model)
+    score, runs = best.reference_best(task.spec.name, cfg.base_model)
     if runs:
-        task.best, task.best_origin = best, f"mean of {runs} full fine-tuning runs"
+        task.best, task.best_origin = score, f"mean of {runs} full fine-tuning runs"
     else:
         task.best, task.best_origin = 1.0, "ideal score (no full fine-tuning runs yet)"
 
@@ -218,6 +220,7 @@ def run_tags(cfg: TrainConfig, model: TaskModel, target: TaskData | None, extra:
         tracking.SEED: cfg.seed,
         tracking.CONFIG_KEY: cfg.key(),
         tracking.NUM_LAYERS: model.num_layers,
+        tracking.MODEL_TYPE: model.encoder.config.model_type,
         **extra,
     }
     if target is not None:
@@ -270,7 +273,9 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
     ) as active:
         tracking.log_config(cfg.to_params())
         probes = probe_sets(cfg, tokenizer)  # before training: a bad probe task fails fast
+        words = word_probe_sets(cfg)
         tracking.set_tags({tracking.probe_tag(p.meta["task"]): p.digest for p, _ in probes})
+        tracking.set_tags({tracking.word_probe_tag(p.meta["task"]): p.digest for p, _ in words})
         with tempfile.TemporaryDirectory() as tmp:
             ctx = Context(
                 cfg,
@@ -283,17 +288,20 @@ def run(cfg: TrainConfig, runtime: Runtime | None = None, tags: dict | None = No
             )
             log_probe_tables(probes, ctx.folder)
             if training:
-                fine_tune(ctx, model, tokenizer, base_meta, target, source, probes)
+                fine_tune(ctx, model, tokenizer, base_meta, target, source, (probes, words))
             else:
                 log_activations(model, probes, ctx.folder, ctx.run_id, 0, pad_id=ctx.pad_id)
+                log_word_tables(ctx, model, tokenizer, words, 0)
             ctx.metrics.log({tracking.ARTIFACT_BYTES: artifact_bytes(ctx)}, 0)
             ctx.metrics.flush()
     return active.info.run_id
 
 
-def fine_tune(ctx: Context, model, tokenizer, base_meta: dict, target, source, probes) -> None:
-    """Train, score, tag the outcome and log the checkpoint of one training run."""
+def fine_tune(ctx: Context, model, tokenizer, base_meta: dict, target, source, read_out) -> None:
+    """Train, score, tag the outcome and log the checkpoint of one training run.
+    read_out: (token probe sets, word probe sets)."""
     cfg, accelerator = ctx.cfg, ctx.accelerator
+    probes, words = read_out
     for task in filter(None, (target, source)):
         resolve_best(cfg, task)
     tracking.set_tags({tracking.BEST_ORIGIN: target.best_origin})
@@ -317,6 +325,7 @@ def fine_tune(ctx: Context, model, tokenizer, base_meta: dict, target, source, p
     tracking.set_tags({tracking.DIVERGED: str(bool(diverged)).lower()})
     if diverged:
         tracking.set_tags({tracking.DIVERGED_REASON: diverged})
+    log_word_tables(ctx, accelerator.unwrap_model(model), tokenizer, words, steps)
     if cfg.save_checkpoint:
         log_checkpoint(ctx, accelerator.unwrap_model(model), tokenizer, base_meta, bool(diverged))
 
@@ -325,7 +334,7 @@ def log_checkpoint(
     ctx: Context, model: TaskModel, tokenizer, base_meta: dict, diverged: bool
 ) -> None:
     """A source run logs its model as an MLflow Model and registers it (a diverged one
-    without the seed alias); any other run, and a source whose encoder has no Hugging
+    without the seed aliases); any other run, and a source whose encoder has no Hugging
     Face head class equal to bertrep's (not BERT), writes bertrep's checkpoint folder
     (a two-task model keeps both heads), which a non-BERT source registers instead."""
     cfg = ctx.cfg
@@ -345,7 +354,7 @@ def log_checkpoint(
         tracking.log_artifact(ctx.folder / tracking.CHECKPOINT, tracking.CHECKPOINT)
         source = f"{tracking.RUNS_URI}{ctx.run_id}/{tracking.CHECKPOINT}"
     if cfg.registers_source:
-        tags = source_tags(cfg)
+        tags = source_tags(cfg, model.encoder.config.model_type)
         uri = registry.register_model(cfg.task, source, ctx.run_id, tags, alias=not diverged)
         tracking.set_tags({tracking.REGISTERED_AS: uri})
 
@@ -356,12 +365,15 @@ def artifact_bytes(ctx: Context) -> int:
     return written + ctx.logged_elsewhere
 
 
-def source_tags(cfg: TrainConfig) -> dict[str, str]:
-    """What identifies a registered source model (a version of `bertrep-<task>`)."""
+def source_tags(cfg: TrainConfig, model_type: str) -> dict[str, str]:
+    """What identifies a registered source model (a version of `bertrep-<task>`); the
+    base model and seed also name its aliases (`registry.source_aliases`), and the model
+    type says its family where the base model's name does not."""
     return {
         tracking.BASE_MODEL: cfg.base_model,
         tracking.SEED: str(cfg.seed),
         tracking.CONFIG_KEY: cfg.key(),
+        tracking.MODEL_TYPE: model_type,
     }
 
 

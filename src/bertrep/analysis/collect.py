@@ -60,6 +60,7 @@ class TrainRun:
     registered_as: str = ""
     # probe task -> (run id, artifact path) of a table referenced instead of extracted
     tables_from: dict[str, tuple[str, str]] = field(default_factory=dict)
+    word_digests: dict[str, str] = field(default_factory=dict)  # probe task -> word digest
 
     @property
     def failed(self) -> bool:
@@ -209,6 +210,7 @@ class Store:
             params=dict(run.data.params),
             registered_as=tags.get(tracking.REGISTERED_AS, ""),
             tables_from=tracking.activations_from(tags),
+            word_digests=tracking.word_probe_digests(tags),
         )
 
     # --- the registry ---
@@ -269,6 +271,15 @@ class Store:
         artifact = f"{tracking.activations_dir(probe_task)}/{tracking.activations_file(step)}"
         return self.cache.get(run.run_id, artifact, run.probe_digests.get(probe_task, ""))
 
+    def word_table(self, run: TrainRun, probe_task: str) -> Path:
+        """A local copy of the run's last word table on `probe_task` (MissingInput: none)."""
+        files = self.client.list_artifacts(run.run_id, tracking.words_dir(probe_task))
+        steps = sorted(tracking.activations_step(f.path) for f in files if not f.is_dir)
+        if not steps:
+            raise MissingInput(f"run {run.run_id} ({run.label}) has no {probe_task} word table")
+        artifact = f"{tracking.words_dir(probe_task)}/{tracking.activations_file(steps[-1])}"
+        return self.cache.get(run.run_id, artifact, run.word_digests.get(probe_task, ""))
+
 
 class ArtifactCache:
     """Run artifacts downloaded once, keyed by content: (artifact URI, probe digest).
@@ -302,22 +313,31 @@ class ArtifactCache:
 # --- the analysis run's own artifacts ---
 
 
-def log_tables(tables: dict[str, pd.DataFrame], folder: Path) -> None:
-    """Each table as tables/<name>.parquet of the active run (pyarrow alone reads them)."""
+def log_tables(tables: dict[str, pd.DataFrame], folder: Path, under: str = "") -> None:
+    """Each table as tables/[<under>/]<name>.parquet of the active run (pyarrow alone
+    reads them)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
         pq.write_table(
             pa.Table.from_pandas(frame, preserve_index=False), folder / f"{name}.parquet"
         )
-    mlflow.log_artifacts(str(folder), tracking.TABLES_DIR)
+    mlflow.log_artifacts(str(folder), "/".join(filter(None, [tracking.TABLES_DIR, under])))
 
 
-def read_tables(run_id: str, folder: Path) -> dict[str, pd.DataFrame]:
-    """The tables an analysis run logged, by name."""
+def read_tables(run_id: str, folder: Path, under: str = "") -> dict[str, pd.DataFrame]:
+    """The tables an analysis run logged (in tables/, or in tables/<under>/), by name."""
     local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=tracking.TABLES_DIR, dst_path=str(folder)
+        run_id=run_id,
+        artifact_path="/".join(filter(None, [tracking.TABLES_DIR, under])),
+        dst_path=str(folder),
     )
     return {p.stem: pd.read_parquet(p) for p in sorted(Path(local).glob("*.parquet"))}
+
+
+def table_folders(run_id: str) -> list[str]:
+    """The base models' folders under tables/ of an analysis of several base models."""
+    listed = MlflowClient().list_artifacts(run_id, tracking.TABLES_DIR)
+    return sorted(Path(f.path).name for f in listed if f.is_dir)
 
 
 def analysis_run(run_id: str = "") -> Run:

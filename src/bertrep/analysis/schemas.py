@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bertrep.analysis.across import CROSS_COLUMNS, SIDE_BY_SIDE_COLUMNS
 from bertrep.analysis.cells import FLOAT, INT, TEXT, typed
 from bertrep.analysis.diagnostics import DIMS_COLUMNS, ROGUE_COLUMNS, SUBGROUP_COLUMNS
 from bertrep.analysis.forgetting import FORGETTING_COLUMNS, FORGETTING_SUMMARY_COLUMNS
@@ -50,6 +51,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "predictor_cells": PREDICTOR_CELL_COLUMNS,
     "predictors": PREDICTOR_COLUMNS,
     "missing": MISSING_COLUMNS,
+    "base_models": SIDE_BY_SIDE_COLUMNS,  # with several base models (analysis/across.py)
+    "cross_model_cka": CROSS_COLUMNS,
 }
 
 

@@ -8,7 +8,9 @@ each a fixed-size list of the model's width, so a single hidden state reads alon
     >>> t = pq.read_table("step_60.parquet", columns=["layer_3"])
 
 The file's metadata (`bertrep.activations`) holds the probe digest, run id, step,
-storage dtype and shapes; CKA compares two tables only if digests and rows agree
+storage dtype and shapes, and (a run's tables) the encoder's `model_type` and what its
+hidden state L is (`last_hidden_state`: "output of block L", or block L after a final
+norm: `encoders.describe`); CKA compares two tables only if digests and rows agree
 (`check_comparable`). Reading needs pyarrow and numpy only; `bertrep.training.readout` extracts.
 """
 

@@ -24,7 +24,16 @@ from torch import nn
 from bertrep.encoders.families import FAMILIES, Anatomy
 from bertrep.errors import InputError
 
-__all__ = ["FAMILIES", "Anatomy", "anatomy_of", "frozen_paths", "run", "untie"]
+__all__ = [
+    "FAMILIES",
+    "Anatomy",
+    "anatomy_of",
+    "describe",
+    "frozen_paths",
+    "last_hidden_state",
+    "run",
+    "untie",
+]
 
 
 def anatomy_of(model: nn.Module) -> Anatomy:
@@ -38,8 +47,24 @@ def anatomy_of(model: nn.Module) -> Anatomy:
     return FAMILIES[model_type]
 
 
+def describe(encoder: nn.Module) -> dict[str, str]:
+    """What an activation table records of its encoder, so that a table read alone says
+    what its layers are: the model type, and what its hidden state L is."""
+    last = last_hidden_state(anatomy_of(encoder))
+    return {"model_type": encoder.config.model_type, "last_hidden_state": last}
+
+
 def num_layers(encoder: nn.Module) -> int:
     return encoder.config.num_hidden_layers
+
+
+def last_hidden_state(anatomy: Anatomy) -> str:
+    """What hidden state L is, in words (activation tables and docs/encoders.md say it): a
+    family with a final norm (`after`) reads out block L after that norm, not block L's
+    own output, so its layer profile's last point is another kind of point."""
+    if not anatomy.after:
+        return "output of block L"
+    return f"block L after the final norm ({', '.join(anatomy.after)})"
 
 
 def takes_token_types(encoder: nn.Module) -> bool:

@@ -4,6 +4,7 @@ drawing primitives (`plots`) and the forgetting and uncertainty figures.
     python -m bertrep.figures --run_id <analysis run> --out figures/
 """
 
+from bertrep.figures.across import across_figures
 from bertrep.figures.draw import draw_all, main, redraw
 
-__all__ = ["draw_all", "main", "redraw"]
+__all__ = ["across_figures", "draw_all", "main", "redraw"]

@@ -32,6 +32,7 @@ from bertrep.analysis.schemas import conform
 from bertrep.analysis.summary import headline_matrices
 from bertrep.analysis.tables import matrix
 from bertrep.data.tasks import TASKS
+from bertrep.figures.across import across_figures
 from bertrep.figures.forgetting import forgetting_figures
 from bertrep.figures.plots import draw_matrix, headline, heatmap, name, save
 from bertrep.figures.uncertainty import (
@@ -246,21 +247,29 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def redraw(run_id: str, out: Path) -> list[Path]:
-    """Every figure of an analysis run from its tables, into `out` and back into the run."""
+    """Every figure of an analysis run from its tables, into `out` and back into the run
+    (an analysis of several base models: each model's into its folder, as logged)."""
     run = collect.analysis_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        tables = conform(collect.read_tables(run.info.run_id, Path(tmp)))
-    tasks = list(dict.fromkeys([*TASKS, *tables["runs"].task]))  # built-in ones first
-    tasks = [t for t in tasks if (tables["runs"].task == t).any()]
-    order = yaml_tasks(run) or tasks
+        top = collect.read_tables(run.info.run_id, Path(tmp))
+        folders = {"": top} if "runs" in top else {
+            sub: collect.read_tables(run.info.run_id, Path(tmp) / sub, sub)
+            for sub in collect.table_folders(run.info.run_id)
+        }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:  # log what this call drew, nothing older
-        drawn = draw_all(tables, Path(tmp), order)
+        drawn = [] if "runs" in top else across_figures(conform(top), Path(tmp), yaml_tasks(run))
+        for sub, tables in folders.items():
+            tables = conform(tables)
+            tasks = list(dict.fromkeys([*TASKS, *tables["runs"].task]))  # built-ins first
+            tasks = [t for t in tasks if (tables["runs"].task == t).any()]
+            drawn += draw_all(tables, Path(tmp) / sub, yaml_tasks(run) or tasks)
         collect.MlflowClient().log_artifacts(run.info.run_id, tmp, tracking.FIGURES_DIR)
-        out.mkdir(parents=True, exist_ok=True)
         for path in drawn:
-            shutil.copy2(path, out / path.name)
+            target = out / path.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
     print(f"{len(drawn)} files in {out.resolve()} (and in run {run.info.run_id})")
-    return [out / p.name for p in drawn]
+    return [out / p.relative_to(tmp) for p in drawn]
 
 
 def yaml_tasks(run) -> list[str]:

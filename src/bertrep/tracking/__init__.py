@@ -78,6 +78,7 @@ FAILURE_REASON = "failure_reason"  # why a run ended FAILED (the exception, a de
 TRAIN_FILE = "train_file"
 EVAL_FILE = "eval_file"
 NUM_LAYERS = "num_layers"
+MODEL_TYPE = "model_type"  # the encoder's (config.model_type): its family
 REGISTERED_AS = "registered_as"
 MODE = "mode"
 BEST_ORIGIN = "best_origin"  # where best_B came from (the experiment, best_score, none)
@@ -178,6 +179,23 @@ def probe_tag(task: str) -> str:
 def probe_digests(tags: dict[str, str]) -> dict[str, str]:
     """{probe task: digest} from a run's tags."""
     return {k[len(PROBE_TAG) :]: v for k, v in tags.items() if k.startswith(PROBE_TAG)}
+
+
+WORD_PROBE_TAG = "word_probe."  # word_probe.<task>: its word probe set's digest
+
+
+def word_probe_tag(task: str) -> str:
+    return f"{WORD_PROBE_TAG}{task}"
+
+
+def word_probe_digests(tags: dict[str, str]) -> dict[str, str]:
+    """{probe task: word probe digest} from a run's tags (runs with word tables)."""
+    return {k[len(WORD_PROBE_TAG) :]: v for k, v in tags.items() if k.startswith(WORD_PROBE_TAG)}
+
+
+def words_dir(task: str) -> str:
+    """Where a run's word tables of a probe task lie (beside activations/<task>)."""
+    return f"words/{task}"
 
 
 def registered_model_name(task: str) -> str:
@@ -315,38 +333,6 @@ def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> No
         mlflow.log_artifacts(str(local_path), artifact_path)
     else:
         mlflow.log_artifact(str(local_path), artifact_path)
-
-
-def reference_best(task: str, base_model: str) -> tuple[float, int]:
-    """best_B: mean final score of full fine-tuning (k = 0) of `task` from the pretrained
-    `base_model` over the finished, non-diverged runs of the active experiment.
-    Returns (mean, number of runs); (nan, 0) when there are none."""
-    name = _experiment_name()
-    experiment = mlflow.get_experiment_by_name(name) if name else None
-    ids = [experiment.experiment_id] if experiment else None
-    query = (
-        f"tags.{TASK} = '{task}' and tags.{FROZEN_LAYERS} = '0' and tags.{MODE} = 'single' "
-        f"and tags.{SOURCE_TASK} = 'base' and tags.{BASE_MODEL} = '{base_model}' "
-        "and attributes.status = 'FINISHED'"
-    )
-    runs = mlflow.search_runs(
-        experiment_ids=ids, filter_string=query, output_format="list", search_all_experiments=True
-    )
-    scores = [
-        r.data.metrics[FINAL_SCORE]
-        for r in runs
-        if FINAL_SCORE in r.data.metrics and r.data.tags.get(DIVERGED) != "true"
-    ]
-    if not scores:
-        return math.nan, 0
-    return sum(scores) / len(scores), len(scores)
-
-
-def _experiment_name() -> str:
-    run = mlflow.active_run()
-    if run is not None:
-        return mlflow.get_experiment(run.info.experiment_id).name
-    return os.environ.get(env.MLFLOW_EXPERIMENT_NAME, "")
 
 
 # --- sweeps: parent runs, trial children, resume ---

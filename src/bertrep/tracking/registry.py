@@ -3,7 +3,11 @@ key, downloaded once into the local cache; the activation tables their runs logg
 
     uri = register_model(task, source, run_id, tags)    # models:/bertrep-<task>/<version>
     uri = find_source(task, config_key)                 # or None
-    folder = download_model(uri)
+    folder = download_model(uri)                        # also models:/bertrep-<task>@<alias>
+
+Aliases name a seed's newest non-diverged source of a base model: `<base>-seed<s>`
+(`base_model_slug`: `answerdotai/ModernBERT-base` -> `modernbert-base`, a folder -> its
+name), and `seed<s>` for the default base model (MiniLM) as stores before it had.
 
 Names and URI schemes are `bertrep.tracking`'s.
 """
@@ -11,9 +15,12 @@ Names and URI schemes are `bertrep.tracking`'s.
 from __future__ import annotations
 
 import hashlib
+import re
 
 from bertrep import env
+from bertrep.data.identity import MINILM
 from bertrep.tracking import (
+    BASE_MODEL,
     CONFIG_KEY,
     LOGGED_MODELS_URI,
     MODELS_URI,
@@ -47,11 +54,29 @@ def ensure_registered_model(task: str) -> None:
                 raise
 
 
+def base_model_slug(base_model: str) -> str:
+    """A base model as an alias may spell it (MLflow allows letters, digits, `_` and `-`):
+    a hub id or folder by its last part, lower case (`answerdotai/ModernBERT-base` ->
+    `modernbert-base`), an MLflow URI by what follows its scheme."""
+    scheme, _, rest = base_model.rstrip("/").rpartition(":/")
+    name = rest if scheme else rest.rsplit("/", 1)[-1]
+    return re.sub(r"[^a-z0-9_]+", "-", name.lower()).strip("-_")[:200] or "model"
+
+
+def source_aliases(seed: object, base_model: str = MINILM) -> list[str]:
+    """The aliases a source of `base_model` and `seed` moves to itself: `<base>-seed<s>`,
+    one per base model, so that sources of two base models in one store never share
+    one; and `seed<s>` for the default base model, which existing stores and docs use."""
+    aliases = [f"{base_model_slug(base_model)}-seed{seed}"]
+    return [f"seed{seed}", *aliases] if base_model == MINILM else aliases
+
+
 def register_model(task: str, source: str, run_id: str, tags: dict, alias: bool = True) -> str:
     """Register `source` (a logged model's models:/m-... URI, or runs:/<id>/<path>) as a
     new version of `bertrep-<task>` tagged with `tags` and the run; its models:/ URI.
-    With `alias`, seed<s> (tags[SEED] = s) moves to it: the newest registered (and, as
-    train passes it, not diverged) source of that seed, whatever its base model."""
+    With `alias` and tags[SEED], the `source_aliases` of its seed and base model
+    (tags[BASE_MODEL], else the default) move to it: the newest registered (and, as train
+    passes it, not diverged) source of that seed and base model."""
     name = registered_model_name(task)
     ensure_registered_model(task)
     tags = {k: str(v) for k, v in tags.items()} | {RUN_ID: run_id}
@@ -60,7 +85,8 @@ def register_model(task: str, source: str, run_id: str, tags: dict, alias: bool 
         name, source=source, run_id=run_id, tags=tags, model_id=logged
     )
     if alias and SEED in tags:
-        client().set_registered_model_alias(name, f"seed{tags[SEED]}", version.version)
+        for each in source_aliases(tags[SEED], tags.get(BASE_MODEL, MINILM)):
+            client().set_registered_model_alias(name, each, version.version)
     return f"{MODELS_URI}{name}/{version.version}"
 
 

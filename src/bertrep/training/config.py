@@ -28,7 +28,12 @@ MODES = ("single", "sequential", "shuffled", "extract")
 POOLINGS = ("auto", "pooler", "first", "mean")
 # Fields added after stores held runs: at these defaults they stay out of the config key,
 # so runs stored before them keep their keys (and are found, resumed and skipped).
-KEYED_OFF_DEFAULT = {"pooling": "auto", "head_dropout": 0.1, "untie_blocks": False}
+KEYED_OFF_DEFAULT = {
+    "pooling": "auto",
+    "head_dropout": 0.1,
+    "untie_blocks": False,
+    "word_probes": "",
+}
 TWO_TASK_MODES = ("sequential", "shuffled")  # A = source_task, then or mixed with B = task
 # What of a local base_model folder makes the model: config, heads, tokenizer, weights.
 
@@ -74,6 +79,9 @@ class TrainConfig:
     probe_tasks: str = ""  # comma-separated tasks to extract activations on; empty: task
     probe_tokens: int = 5000  # N tokens per probe set
     probe_seed: int = 0
+    # word tables too, for comparisons across tokenizers (data/word_probes.py): a word's
+    # vector is its first sub-token's or its sub-tokens' mean ("first" | "mean"; "": none)
+    word_probes: str = ""
     save_checkpoint: bool = True
     # own tasks' files (comma-separated), read before the task names are looked up; a
     # task file given as task, source_task or probe task is put here and named by name
@@ -104,6 +112,7 @@ class TrainConfig:
         checks["sampling"] = self.sampling in ("uniform", "proportional")
         checks["pooling"] = self.pooling in POOLINGS
         checks["head_dropout"] = 0 <= self.head_dropout < 1
+        checks["word_probes"] = self.word_probes in ("", "first", "mean")
         checks["source_steps"] = self.source_steps >= 0
         for name, ok in checks.items():
             if not ok:
