@@ -16,6 +16,8 @@ FAMILY_TYPES = (
     "deberta-v2",
     "modernbert",
 )
+# also described as data, tested by tests/test_encoders.py only (not the end-to-end runs)
+MORE_TYPES = ("deberta", "mpnet", "deberta-v2-conv")
 
 
 def tiny_config(model_type: str, tokenizer, layers: int = 4, width: int = 32):
@@ -54,6 +56,14 @@ def tiny_config(model_type: str, tokenizer, layers: int = 4, width: int = 32):
         "albert": lambda: transformers.AlbertConfig(**common, embedding_size=16),
         "electra": lambda: transformers.ElectraConfig(**common, embedding_size=16),
         "deberta-v2": lambda: transformers.DebertaV2Config(**common, **relative),
+        # DeBERTa-v2's convolution after block 1 (conv_kernel_size > 0, as in v2-xlarge)
+        "deberta-v2-conv": lambda: transformers.DebertaV2Config(
+            **common, **relative, conv_kernel_size=3
+        ),
+        "deberta": lambda: transformers.DebertaConfig(
+            **common, relative_attention=True, pos_att_type=["p2c", "c2p"]
+        ),
+        "mpnet": lambda: transformers.MPNetConfig(**common),
         "modernbert": lambda: transformers.ModernBertConfig(
             **common,
             global_attn_every_n_layers=2,

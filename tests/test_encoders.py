@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from encoder_families import FAMILY_TYPES, make_tiny_encoder, tiny_config
+from encoder_families import FAMILY_TYPES, MORE_TYPES, make_tiny_encoder, tiny_config
 from transformers import AutoModel, AutoTokenizer
 
 from bertrep import encoders
@@ -26,7 +26,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(minilm_path())
 
 
-@pytest.fixture(scope="module", params=FAMILY_TYPES)
+@pytest.fixture(scope="module", params=FAMILY_TYPES + MORE_TYPES)
 def family(request, tmp_path_factory, tokenizer):
     folder = tmp_path_factory.mktemp(request.param)
     return request.param, make_tiny_encoder(request.param, folder, tokenizer)
@@ -107,7 +107,7 @@ def test_token_types_go_only_to_encoders_that_take_them(family, tokenizer):
     model_type, folder = family
     model = load_model(str(folder), [])[0]
     given = encoders.inputs(model.encoder, **batch(tokenizer))
-    assert ("token_type_ids" in given) == (model_type not in ("distilbert", "modernbert"))
+    assert ("token_type_ids" in given) == (model_type not in ("distilbert", "modernbert", "mpnet"))
 
 
 def test_pooling_auto_is_the_familys_and_mean_ignores_padding(family, tokenizer):
@@ -177,7 +177,7 @@ def test_frozen_paths_name_each_familys_stem_and_blocks(tokenizer):
         assert encoders.frozen_paths(encoder, 0) == []
 
 
-HF_TAGGING = {t for t in FAMILY_TYPES if t != "modernbert"}
+HF_TAGGING = {t for t in FAMILY_TYPES + MORE_TYPES if t != "modernbert"}
 
 
 @pytest.mark.parametrize("task", ["pos", "sst2"])
@@ -207,7 +207,8 @@ def test_describe_says_what_hidden_state_l_is(family):
     last = "block L after the final norm (final_norm)" if model_type == "modernbert" else (
         "output of block L"
     )  # fmt: skip
-    assert encoders.describe(encoder) == {"model_type": model_type, "last_hidden_state": last}
+    kind = model_type.removesuffix("-conv")  # a DeBERTa-v2 with its convolution
+    assert encoders.describe(encoder) == {"model_type": kind, "last_hidden_state": last}
 
 
 def test_docs_table_matches_every_familys_anatomy():
@@ -221,3 +222,49 @@ def test_docs_table_matches_every_familys_anatomy():
         assert encoders.last_hidden_state(anatomy) in cells, model_type
         assert f"`{anatomy.default_pooling}`" in cells, model_type
         assert anatomy.blocks in cells[3], model_type
+
+
+def test_at_k_equal_l_nothing_of_the_encoder_trains_cached_or_not(tmp_path, tokenizer):
+    """Hidden state L of ModernBERT includes its final norm: with every block frozen the
+    norm is frozen too, so a head-only run trains the same with or without the cache."""
+    folder = make_tiny_encoder("modernbert", tmp_path / "modernbert", tokenizer)
+    model = load_model(str(folder), ["sst2"])[0]
+    model.freeze(LAYERS)
+    assert "final_norm" in encoders.frozen_paths(model.encoder, LAYERS)
+    assert "final_norm" not in encoders.frozen_paths(model.encoder, LAYERS - 1)
+    model.train()
+    model("sst2", **batch(tokenizer)).square().sum().backward()  # the uncached path
+    assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_albert_with_fewer_groups_than_blocks_runs_exactly_from_every_state(tokenizer):
+    config = tiny_config("albert", tokenizer)
+    config.num_hidden_groups = 2  # blocks 1-2 share one group, 3-4 the other
+    encoder = AutoModel.from_config(config).eval()
+    inputs = batch(tokenizer)
+    with torch.no_grad():
+        states = encoder(**inputs, output_hidden_states=True).hidden_states
+        for k in range(1, LAYERS + 1):
+            torch.testing.assert_close(encoders.run(encoder, **inputs, stop=k), states[k],
+                                       rtol=0, atol=1e-5)  # fmt: skip
+            top = encoders.run(encoder, **inputs, start=k, states=states[k])
+            torch.testing.assert_close(top, states[LAYERS], rtol=0, atol=1e-5)
+    assert encoder.config.num_hidden_layers == LAYERS and encoder.config.num_hidden_groups == 2
+
+
+def test_untie_blocks_is_refused_where_no_block_shares_weights(tmp_path, tokenizer):
+    folder = make_tiny_encoder("roberta", tmp_path / "roberta", tokenizer)
+    with pytest.raises(InputError, match="untie_blocks: RoBERTa's blocks share no weights"):
+        load_model(str(folder), ["sst2"], untie_blocks=True)
+
+
+def test_a_kept_head_pools_as_it_was_trained(tmp_path, tokenizer):
+    """Sequential training keeps A's head: it must pool as it did; a fresh head may not."""
+    folder = make_tiny_encoder("roberta", tmp_path / "roberta", tokenizer)
+    model, tok, _ = load_model(str(folder), ["sst2"], pooling="mean")
+    save_checkpoint(model, tok, tmp_path / "checkpoint", {})
+    with pytest.raises(InputError, match="its sst2 head pools by mean, this run by first"):
+        load_model(str(tmp_path / "checkpoint"), ["sst2"], pooling="first")
+    again = load_model(str(tmp_path / "checkpoint"), ["stsb"], pooling="first")[0]
+    assert again.pooling == "first"
+    assert load_model(str(tmp_path / "checkpoint"), ["sst2"])[0].pooling == "mean"

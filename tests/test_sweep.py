@@ -548,5 +548,7 @@ def test_a_sweep_across_two_encoder_families_through_the_analysis(tiny_model, da
     # the fine-tuned pairs only where both families have a k = 0 run that did not fail
     assert "pretrained" in set(cross.model)
     assert set(cross.model) <= {"pretrained", "fine-tuned on sst2", "fine-tuned on pos"}
-    assert (folder / "figures" / "base_models_side_by_side.png").is_file()
+    # drawn where a matrix has a number (tiny random models may leave every cell empty)
+    drawn = (folder / "figures" / "base_models_side_by_side.png").is_file()
+    assert drawn == bool(side.value.notna().any())
     assert (folder / "figures" / "cross_model_cka_pos.png").is_file()

@@ -51,6 +51,9 @@ def test_word_spans_map_each_word_of_both_texts_to_its_tokens(minilm_tokenizer):
     _, short = word_spans(minilm_tokenizer, get_task("stsb"), PAIRS[1:2], 6)
     # [CLS] dull [SEP] ted ##ious [SEP]: the second text's last four words are cut
     assert [len(p) for p in short[0]] == [1, 2, 0, 0, 0, 0]
+    _, partial = word_spans(minilm_tokenizer, get_task("stsb"), PAIRS[1:2], 5)
+    # [CLS] dull [SEP] ted [SEP]: "tedious" lost a sub-token, so it has no vector either
+    assert [len(p) for p in partial[0]] == [1, 0, 0, 0, 0, 0]
 
 
 def test_bpe_words_and_wordpiece_words_are_the_same_rows(minilm_tokenizer, tiny_bpe_tokenizer):
@@ -80,6 +83,18 @@ def test_a_words_vector_is_its_first_sub_token_or_their_mean(tiny_model, rule):
         want = hidden[:, 0] if rule == "first" else hidden.mean(1)
         np.testing.assert_allclose(states[:, row], want.numpy(), rtol=0, atol=1e-5)
         assert kept.token_id[row] == encodings[s]["input_ids"][spans[s][w][0]]
+
+
+def test_a_table_of_no_kept_words_is_written_and_compares_with_none(tiny_model, tmp_path):
+    model, tokenizer, _ = load_model(str(tiny_model), [])
+    sst2 = [Example(("a gripping film",), 1), Example(("dull",), 0)]
+    probe = build_word_probe_set(get_task("sst2"), sst2, split="validation", n_words=4,
+                                 seed=0, rule="mean")  # fmt: skip
+    kept, states = extract_words(model, tokenizer, probe, sst2, max_length=2, pad_id=0)
+    assert len(kept) == 0 and states.shape == (3, 0, 32)  # [CLS] [SEP]: no word
+    path = activations.write_table(tmp_path / "none.parquet", states, kept, {})
+    assert activations.read_meta(path)["rows"] == 0
+    assert _pair_rows([path, path], ["biased"]) == []
 
 
 def test_cross_model_cka_uses_the_words_both_kept(tmp_path, tiny_model):
@@ -117,5 +132,21 @@ def test_base_models_are_named_by_folder_and_a_clash_is_refused():
 
     groups = by_base_model([Run("/b/x"), Run("/a/y"), Run("/b/x")])
     assert list(groups) == ["/a/y", "/b/x"] and len(groups["/b/x"]) == 2
-    with pytest.raises(ValueError, match="two base models would both be named 'x'"):
+    with pytest.raises(ValueError, match="base models /a/x and /b/x would share the folder"):
         by_base_model([Run("/a/x"), Run("/b/x")])
+
+
+def test_one_model_spelled_two_ways_is_one_base_model(tiny_model, tmp_path, monkeypatch):
+    """A folder by its content: an absolute and a relative spelling, and a moved copy,
+    are one base model, named by the first spelling met."""
+    import shutil
+
+    shutil.copytree(tiny_model, tmp_path / "copy")
+    monkeypatch.chdir(tiny_model.parent)
+
+    class Run:
+        def __init__(self, root):
+            self.root_model = root
+
+    runs = [Run(str(tiny_model)), Run(tiny_model.name), Run(str(tmp_path / "copy"))]
+    assert by_base_model(runs) == {str(tiny_model): runs}

@@ -74,8 +74,9 @@ def build_model(folder: Path, tiny: bool) -> str:
 def synthetic(n: int, length: int, vocab: int, seed: int = 0) -> Encoded:
     rng = np.random.default_rng(seed)
     ids = [np.concatenate([[2], rng.integers(5, vocab, length - 2), [3]]) for _ in range(n)]
-    return Encoded(ids, [np.zeros(length, np.int64) for _ in ids],
-                   rng.integers(0, 2, n), key=f"synthetic-{n}-{length}-{seed}")  # fmt: skip
+    return Encoded(ids, [np.zeros(length, np.int64) for _ in ids], rng.integers(0, 2, n),
+                   [np.zeros(length, bool) for _ in ids],
+                   key=f"synthetic-{n}-{length}-{seed}")  # fmt: skip
 
 
 def sync() -> None:

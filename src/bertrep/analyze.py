@@ -242,7 +242,7 @@ def _compute_and_log(by_base: dict[str, Inputs], spec: AnalysisSpec, spec_text: 
     base model; for several, each base model's in its own folder (tables/<model>/,
     figures/<model>/) and the comparisons across them at the top."""
     several = len(by_base) > 1
-    all_tables, texts, drawn = {}, [], []
+    all_tables, texts, drawn, unmatched = {}, [], [], 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for base, inputs in by_base.items():
@@ -258,7 +258,7 @@ def _compute_and_log(by_base: dict[str, Inputs], spec: AnalysisSpec, spec_text: 
         if several:
             inputs = next(iter(by_base.values()))
             with inputs.computing("the comparisons across base models"):
-                tables, text = _across(by_base, all_tables, spec, store)
+                tables, text, unmatched = _across(by_base, all_tables, spec, store)
                 log_tables(tables, folder / tracking.TABLES_DIR / "across", "")
                 texts.insert(0, text)
                 drawn += figures.across_figures(tables, folder / "figures", spec.tasks)
@@ -267,19 +267,22 @@ def _compute_and_log(by_base: dict[str, Inputs], spec: AnalysisSpec, spec_text: 
             spec_text or json.dumps(dataclasses.asdict(spec), indent=1), tracking.ANALYSIS_SPEC
         )
         mlflow.log_artifacts(str(folder / "figures"), tracking.FIGURES_DIR)
-    missing = sum(len(t["missing"]) for t in all_tables.values())
-    return missing, "\n\n".join(texts), drawn
+    # what each base model lacks (what they share, such as a sweep, once), and the pairs
+    # of models not compared
+    lacks = {(m.what, m.detail) for t in all_tables.values() for m in t["missing"].itertuples()}
+    return len(lacks) + unmatched, "\n\n".join(texts), drawn
 
 
 def _across(by_base: dict[str, Inputs], all_tables: dict, spec: AnalysisSpec, store: Store):
-    """The tables across base models (side by side, cross-model CKA) and their summary."""
+    """The tables across base models (side by side, cross-model CKA), their summary, and
+    how many pairs of models were not compared."""
     groups = {base: inputs.runs for base, inputs in by_base.items()}
     cross, unmatched = across.cross_model_cka(groups, spec.tasks, store, spec.estimators)
     tables = {
         "base_models": across.side_by_side(all_tables, spec.tasks, spec.estimators[0]),
         "cross_model_cka": cross,
     }
-    return tables, across.summary_text(tables, unmatched)
+    return tables, across.summary_text(tables, unmatched), len(unmatched)
 
 
 def _failed(spec: AnalysisSpec, inputs: Inputs, run_id: str, error: Exception) -> AnalysisFailed:

@@ -334,9 +334,9 @@ def log_checkpoint(
     ctx: Context, model: TaskModel, tokenizer, base_meta: dict, diverged: bool
 ) -> None:
     """A source run logs its model as an MLflow Model and registers it (a diverged one
-    without the seed aliases); any other run, and a source whose encoder has no Hugging
-    Face head class equal to bertrep's (not BERT), writes bertrep's checkpoint folder
-    (a two-task model keeps both heads), which a non-BERT source registers instead."""
+    without the seed aliases); any other run, and a source whose head no Hugging Face
+    head class computes (`mlmodel.has_hf_head`), writes bertrep's checkpoint folder (a
+    two-task model keeps both heads), which such a source registers instead."""
     cfg = ctx.cfg
     meta = {
         "base_model": cfg.base_model,

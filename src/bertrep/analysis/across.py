@@ -12,7 +12,6 @@ on the words both kept. The models compared per base model: its pretrained read-
 
 from __future__ import annotations
 
-import re
 from itertools import combinations
 
 import numpy as np
@@ -23,7 +22,9 @@ from bertrep.analysis.cells import FLOAT, INT, TEXT, typed
 from bertrep.analysis.collect import MissingInput, Store, TrainRun
 from bertrep.analysis.tables import labels, matrix
 from bertrep.data import activations
+from bertrep.data.identity import model_identity
 from bertrep.maths.cka import cka_profiles
+from bertrep.tracking.registry import base_model_slug
 
 SIDE_BY_SIDE_COLUMNS = {"base_model": TEXT, "matrix": TEXT, "source": TEXT, "target": TEXT,
                         "value": FLOAT, "status": TEXT}  # fmt: skip
@@ -45,21 +46,29 @@ CROSS_COLUMNS = {
 
 
 def slug(model: str) -> str:
-    """A base model as a folder name: its last path part, lower-case, [a-z0-9._-]."""
-    last = model.rstrip("/").rsplit("/", 1)[-1] or "model"
-    return re.sub(r"[^a-z0-9._-]+", "-", last.lower()).strip("-") or "model"
+    """A base model as a folder name: the name its registered sources' aliases use
+    (`answerdotai/ModernBERT-base` -> `modernbert-base`)."""
+    return base_model_slug(model)
 
 
 def by_base_model(runs: list[TrainRun]) -> dict[str, list[TrainRun]]:
-    """The runs of each pretrained model at the root of their chains, in name order; two
-    models whose folder names would clash are refused (their folders would mix)."""
+    """The runs of each pretrained model at the root of their chains, by its identity (a
+    folder by its content, however it was spelled), named by its first spelling, in name
+    order; two models whose folder names would clash are refused (their folders would
+    mix)."""
+    identities = {root: model_identity(root) for root in {r.root_model for r in runs}}
+    names: dict[str, str] = {}
     groups: dict[str, list[TrainRun]] = {}
     for run in runs:
-        groups.setdefault(run.root_model, []).append(run)
-    slugs = [slug(root) for root in groups]
-    clash = sorted({s for s in slugs if slugs.count(s) > 1})
+        name = names.setdefault(identities[run.root_model], run.root_model)
+        groups.setdefault(name, []).append(run)
+    by_slug: dict[str, list[str]] = {}
+    for name in groups:
+        by_slug.setdefault(slug(name), []).append(name)
+    clash = [sorted(names) for names in by_slug.values() if len(names) > 1]
     if clash:
-        raise ValueError(f"two base models would both be named {clash[0]!r}: rename a folder")
+        raise ValueError(f"base models {clash[0][0]} and {clash[0][1]} would share the "
+                         f"folder name {slug(clash[0][0])!r}: rename one")  # fmt: skip
     return dict(sorted(groups.items()))
 
 
@@ -87,14 +96,15 @@ def compared_models(runs: list[TrainRun], tasks) -> dict[str, TrainRun]:
     """{what: run} of one base model: its pretrained read-out and its fine-tuning on each
     task (k = 0 from the pretrained model, lowest seed that did not fail)."""
     out = {}
-    extract = [r for r in runs if r.mode == tracking.EXTRACT_MODE]
+    extract = [r for r in runs if r.mode == tracking.EXTRACT_MODE and r.base_model == r.root_model]
     if extract:
-        out["pretrained"] = min(extract, key=lambda r: r.run_id)
+        out["pretrained"] = min(extract, key=lambda r: (not r.word_digests, r.run_id))
     for task in tasks:
         tuned = [r for r in runs if r.mode == "single" and r.task == task and not r.failed
                  and r.source_task == tracking.BASE_SOURCE and r.frozen_layers == 0]  # fmt: skip
-        if tuned:
-            out[f"fine-tuned on {task}"] = min(tuned, key=lambda r: (r.seed, r.run_id))
+        if tuned:  # runs with word tables first
+            best = min(tuned, key=lambda r: (not r.word_digests, r.seed, r.run_id))
+            out[f"fine-tuned on {task}"] = best
     return out
 
 

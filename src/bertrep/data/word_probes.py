@@ -76,8 +76,9 @@ def word_spans(
     tokenizer, spec: TaskSpec, examples: list[Example], max_length: int
 ) -> tuple[list[dict], list[list[list[int]]]]:
     """Each example tokenized from its words (`for_words`: byte-level tokenizers get the
-    prefix space), and for each of its words the token positions it became ([] where
-    truncation dropped it). Returns (encodings as dicts of id lists, spans)."""
+    prefix space), and for each of its words the token positions it became: [] where
+    truncation cut the word, wholly or in part (a word's vector needs all of it).
+    Returns (encodings as dicts of id lists, spans)."""
     words_tokenizer = for_words(tokenizer)
     encodings, spans = [], []
     for example in examples:
@@ -85,11 +86,18 @@ def word_spans(
         enc = words_tokenizer(
             *texts, is_split_into_words=True, truncation=True, max_length=max_length
         )
-        offsets = np.cumsum([0, *(len(t) for t in texts)])
-        positions: list[list[int]] = [[] for _ in range(offsets[-1])]
-        for pos, (seq, w) in enumerate(zip(enc.sequence_ids(), enc.word_ids(), strict=True)):
-            if w is not None and seq is not None:
-                positions[offsets[seq] + w].append(pos)
+        whole = _positions(words_tokenizer(*texts, is_split_into_words=True), texts)
+        cut = _positions(enc, texts)
         encodings.append(dict(enc))
-        spans.append(positions)
+        spans.append([p if len(p) == len(w) else [] for p, w in zip(cut, whole, strict=True)])
     return encodings, spans
+
+
+def _positions(enc, texts: tuple[list[str], ...]) -> list[list[int]]:
+    """The token positions of each word of `texts` (over both texts, in order) in `enc`."""
+    offsets = np.cumsum([0, *(len(t) for t in texts)])
+    positions: list[list[int]] = [[] for _ in range(offsets[-1])]
+    for pos, (seq, w) in enumerate(zip(enc.sequence_ids(), enc.word_ids(), strict=True)):
+        if w is not None and seq is not None:
+            positions[offsets[seq] + w].append(pos)
+    return positions

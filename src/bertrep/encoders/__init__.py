@@ -98,8 +98,9 @@ def _present(encoder: nn.Module, path: str) -> bool:
 
 def frozen_paths(encoder: nn.Module, k: int) -> list[str]:
     """Module paths frozen with k: none for k = 0, else the stem, what every block reads,
-    and blocks 1..k. ALBERT's shared blocks freeze only all together (k = L) unless the
-    run unties them (`untie_blocks`)."""
+    and blocks 1..k (with k = L what follows block L too: hidden state L includes it).
+    ALBERT's shared blocks freeze only all together (k = L) unless the run unties them
+    (`untie_blocks`)."""
     anatomy, layers = anatomy_of(encoder), num_layers(encoder)
     if not 0 <= k <= layers:
         raise InputError(f"frozen_layers={k} is outside 0..{layers} for this model")
@@ -113,6 +114,8 @@ def frozen_paths(encoder: nn.Module, k: int) -> list[str]:
         )
     blocks = dict.fromkeys(f"{anatomy.blocks}.{_block_index(encoder, i)}" for i in range(k))
     paths = [*anatomy.stem, *anatomy.shared, *blocks, *anatomy.after_first]
+    if k == layers:  # hidden state L includes what follows block L (a final norm)
+        paths += anatomy.after
     return [p for p in paths if _present(encoder, p)]
 
 
@@ -124,9 +127,11 @@ def untie(encoder: nn.Module) -> None:
     """Give each of ALBERT's L blocks its own copy of the weights it shares (in place):
     the same function, now with L block weights, so blocks can freeze one by one. The
     config says so (num_hidden_groups = L), so a saved encoder loads back untied."""
+    anatomy, layers = anatomy_of(encoder), num_layers(encoder)
+    if not anatomy.tied_blocks:
+        raise InputError(f"untie_blocks: {anatomy.family}'s blocks share no weights to untie")
     if not is_tied(encoder):
         return
-    anatomy, layers = anatomy_of(encoder), num_layers(encoder)
     shared = encoder.get_submodule(anatomy.blocks)
     copies = [copy.deepcopy(shared[_block_index(encoder, i)]) for i in range(layers)]
     _set(encoder, anatomy.blocks, nn.ModuleList(copies))
@@ -187,15 +192,13 @@ def _cut(encoder: nn.Module, start: int, stop: int, states) -> Iterator[None]:
         if stop < num_layers(encoder):
             for path in filter(lambda p: _present(encoder, p), anatomy.after):
                 stack.enter_context(_swapped(encoder, path, nn.Identity()))
-        if anatomy.tied_blocks:  # the forward loops over the config's layer count
-            if is_tied(encoder):
-                stack.enter_context(_config(encoder, num_hidden_layers=stop - start))
-            else:
-                blocks = encoder.get_submodule(anatomy.blocks)[start:stop]
-                stack.enter_context(_swapped(encoder, anatomy.blocks, blocks))
-                stack.enter_context(
-                    _config(encoder, num_hidden_layers=stop - start, num_hidden_groups=stop - start)
-                )
+        if anatomy.tied_blocks:  # the forward loops over the config's layer count: one
+            # module per block run (shared ones repeated), as many groups as blocks
+            shared = encoder.get_submodule(anatomy.blocks)
+            blocks = [shared[_block_index(encoder, i)] for i in range(start, stop)]
+            stack.enter_context(_swapped(encoder, anatomy.blocks, nn.ModuleList(blocks)))
+            n = stop - start
+            stack.enter_context(_config(encoder, num_hidden_layers=n, num_hidden_groups=n))
         else:
             blocks = encoder.get_submodule(anatomy.blocks)[start:stop]
             stack.enter_context(_swapped(encoder, anatomy.blocks, blocks))
@@ -232,10 +235,12 @@ def run(
     """Hidden state `stop` (default L), (b, t, h), computed from hidden state `start`
     (`states`, (b, t, h); the tokens when start = 0) by blocks start+1..stop. The token
     ids still go in: the model reads their shape and device, and builds its masks."""
-    stop = num_layers(encoder) if stop is None else stop
-    if not 0 <= start <= stop <= num_layers(encoder) or (start > 0) != (states is not None):
-        given = "given" if states is not None else "no"
-        raise ValueError(f"run: blocks {start + 1}..{stop} from {given} hidden states")
+    layers = num_layers(encoder)
+    stop = layers if stop is None else stop
+    if not 0 <= start <= stop <= layers or stop == 0:
+        raise ValueError(f"run: hidden state {stop} from {start} is not in 1..{layers} upwards")
+    if (start > 0) != (states is not None):
+        raise ValueError(f"run: from hidden state {start} needs its states given (and 0 none)")
     if start == stop and states is not None:
         return states  # no block to run (some families' forwards need one)
     with _cut(encoder, start, stop, states):

@@ -257,7 +257,11 @@ def redraw(run_id: str, out: Path) -> list[Path]:
             for sub in collect.table_folders(run.info.run_id)
         }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:  # log what this call drew, nothing older
-        drawn = [] if "runs" in top else across_figures(conform(top), Path(tmp), yaml_tasks(run))
+        drawn = []
+        if "runs" not in top:  # several base models: the figures across them
+            across = conform(top)
+            tasks = yaml_tasks(run) or list(dict.fromkeys(across["base_models"].target))
+            drawn += across_figures(across, Path(tmp), tasks)
         for sub, tables in folders.items():
             tables = conform(tables)
             tasks = list(dict.fromkeys([*TASKS, *tables["runs"].task]))  # built-ins first

@@ -65,8 +65,8 @@ def base_model_slug(base_model: str) -> str:
 
 def source_aliases(seed: object, base_model: str = MINILM) -> list[str]:
     """The aliases a source of `base_model` and `seed` moves to itself: `<base>-seed<s>`,
-    one per base model, so that sources of two base models in one store never share
-    one; and `seed<s>` for the default base model, which existing stores and docs use."""
+    one per base model name (two folders of one name share it; config keys tell them
+    apart); and `seed<s>` for the default base model, which existing stores and docs use."""
     aliases = [f"{base_model_slug(base_model)}-seed{seed}"]
     return [f"seed{seed}", *aliases] if base_model == MINILM else aliases
 

@@ -252,6 +252,12 @@ def load_model(
     if untie_blocks:
         encoders.untie(encoder)
     model = TaskModel(encoder, [], pooling or meta.get("pooling", "auto"), head_dropout)
+    kept = [t for t in tasks if t in meta.get("heads", []) and get_task(t).kind != "tagging"]
+    if kept and meta.get("pooling", model.pooling) != model.pooling:
+        raise InputError(
+            f"base_model {base_model}: its {kept[0]} head pools by {meta['pooling']}, this run "
+            f"by {model.pooling}; run with pooling={meta['pooling']}"
+        )
     for task in meta.get("heads", []):
         model.add_head(task)
     model.heads.load_state_dict(heads)
@@ -313,14 +319,17 @@ def mlflow_parts(path: str) -> tuple[str, str, dict]:
 
 
 def _mlflow_head(weights: str, task: str) -> dict[str, torch.Tensor]:
-    """`task`'s head in a Hugging Face BERT model with a head (its `classifier` layer),
-    keyed as TaskModel.heads keys it."""
+    """`task`'s head in a Hugging Face model with a head (its family's classifier layer,
+    `encoders.families`), keyed as TaskModel.heads keys it."""
+    with open(Path(weights) / "config.json") as f:
+        model_type = json.load(f)["model_type"]
+    layer = f"{encoders.FAMILIES[model_type].hf_classifier}."
     head = {}
     for file in sorted(Path(weights).glob("*.safetensors")):
         with safe_open(file, "pt") as shard:
             for key in shard.keys():
-                if key.startswith("classifier."):
-                    head[f"{task}.out.{key.removeprefix('classifier.')}"] = shard.get_tensor(key)
+                if key.startswith(layer):
+                    head[f"{task}.out.{key.removeprefix(layer)}"] = shard.get_tensor(key)
     return head
 
 

@@ -62,9 +62,8 @@ def prefix_states(
     # float32 whatever the training precision: these values stand in for the prefix
     with torch.autocast(device_type=device.type, enabled=False):
         for index in eval_batches(data, batch_size):
-            batch = {
-                k: v.to(device) for k, v in collate(data, index, pad_id, entry.get(below)).items()
-            }
+            batch = collate(data, index, pad_id, entry.get(below))
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
             hidden = encoders.run(
                 model.encoder,
                 batch["input_ids"],

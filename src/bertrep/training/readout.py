@@ -194,6 +194,11 @@ def extract_words(
                 kept.append(row)
                 first_ids.append(int(ids[s][positions[0]]))
     model.train(was_training)
+    if not kept:  # every word cut by truncation: an empty table, which compares with none
+        width = model.encoder.config.hidden_size
+        empty = np.zeros(0, np.int64)
+        words = ProbeSet(empty, empty, empty, probe.meta)
+        return words, np.zeros((model.num_layers + 1, 0, width), np.float32)
     order = np.argsort(kept, kind="stable")  # probe row order
     rows = np.asarray(kept, dtype=np.int64)[order]
     words = ProbeSet(
