@@ -156,13 +156,14 @@ def test_booleans_parse_strictly(value, expected):
 
 
 def test_parameters_added_later_keep_stored_keys_at_their_defaults(tiny_model, data_dir):
-    """pooling, head_dropout, untie_blocks and word_probes at their defaults leave the key
-    as it was before they existed (test_task_files holds keys computed then); any other
-    value makes another run."""
+    """pooling, head_dropout, untie_blocks, word_probes and head_lr at their defaults leave
+    the key as it was before they existed (test_task_files holds keys computed then); any
+    other value makes another run."""
     from bertrep.training.config import KEYED_OFF_DEFAULT
 
     base = TrainConfig(base_model=str(tiny_model), data_dir=str(data_dir), task="sst2")
     assert TrainConfig(**{**base.__dict__, **KEYED_OFF_DEFAULT}).key() == base.key()
     others = {"pooling": "mean", "head_dropout": 0.2, "untie_blocks": True, "word_probes": "first"}
+    others["head_lr"] = 1e-3
     keys = {base.key()} | {TrainConfig(**{**base.__dict__, k: v}).key() for k, v in others.items()}
-    assert len(keys) == 5
+    assert len(keys) == 6

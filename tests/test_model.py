@@ -93,3 +93,25 @@ def test_checkpoint_round_trip(tiny_model, tmp_path):
 def test_missing_local_model_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="base_model folder ./nowhere does not exist"):
         load_model("./nowhere", ["sst2"])
+
+
+@pytest.mark.parametrize(("head_lr", "head_rate"), [(0.0, 1e-4), (3e-3, 3e-3)])
+def test_heads_train_at_head_lr_and_the_encoder_at_lr(tiny_model, tmp_path, head_lr, head_rate):
+    """Past warm-up the optimizer's groups hold lr for every trainable encoder weight and
+    head_lr (when set) for every head weight; frozen weights are in no group."""
+    from accelerate import Accelerator
+
+    from bertrep.training.config import Runtime, TrainConfig
+    from bertrep.training.loop import Context, make_optimizer
+
+    model, _, _ = load_model(str(tiny_model), ["sst2"])
+    model.freeze(1)
+    cfg = TrainConfig(lr=1e-4, head_lr=head_lr, warmup_ratio=0.0)
+    ctx = Context(cfg, Accelerator(cpu=True), None, 0, "", tmp_path, Runtime())
+    optimizer, _ = make_optimizer(ctx, model, steps=10)
+    rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    heads = {id(p) for p in [*model.heads.parameters(), *model.encoder.pooler.parameters()]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(rates) == trainable
+    assert sorted({rates[i] for i in heads}) == pytest.approx([head_rate])
+    assert sorted({rates[i] for i in trainable - heads}) == pytest.approx([1e-4])

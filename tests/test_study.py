@@ -79,6 +79,12 @@ def test_smoke_study_ends_with_headline_figures_and_ui(smoke_study):
     assert re.match(r"=== smoke study done in (\d+m)?\d+s: sweep single (\d+m)?\d+s, ", tail)
     assert "## Mean-CKA (biased linear CKA)" in tail and "\n## AuFC\n" in tail
     assert "## Does representation similarity predict transfer?" in tail
+    # the head-only trials against their runs with twice the updates, per target and source
+    assert "## Did the head-only trials converge?" in tail
+    for target, source in (("sst2", "base"), ("sst2", "pos"), ("pos", "base"), ("pos", "sst2")):
+        assert re.search(rf"\| {target} \| {source} \| 400 \| -?\d\.\d{{3}} \| "
+                         rf"-?\d\.\d{{3}} \(800\) \|", tail), (target, source)  # fmt: skip
+    assert re.search(r"- pos: (every source checked converged|not converged from)", tail)
     figures = smoke_study["figures"]
     assert f"figures: {figures.resolve()}" in tail
     drawn = sorted(p.name for p in figures.glob("*.png"))

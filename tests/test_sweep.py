@@ -129,7 +129,7 @@ def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tmp_path):
     print(f"smoke study: {smoke_study['seconds']:.0f}s")
     # 2 targets x 2 sources (base and the other task) x 3 frozen levels x 2 seeds, and the
     # pretrained model's read-out; the four sources were the single sweep's runs
-    finished = check_complete(store, 21, "aufc")
+    finished = check_complete(store, 29, "aufc")
     parent = kind_parent(store, "aufc")
     assert parent.data.tags[tracking.SWEEP_DIGEST]
     assert parent.data.tags["mlflow.project.entryPoint"] == "sweep_aufc"  # mlflow run's run
@@ -190,7 +190,7 @@ def test_sweep_prints_a_line_per_trial_event_named_as_its_run(smoke_study):
     assert all(re.search(r"\| .+: (\d+m)?\d+s, (final/score -?\d\.\d{4}(, diverged)?|no score)$",
                          line)
                for line in ended)  # fmt: skip
-    names = {r.data.tags[tracking.RUN_NAME] for r in check_complete(smoke_study["env"], 21, "aufc")}
+    names = {r.data.tags[tracking.RUN_NAME] for r in check_complete(smoke_study["env"], 29, "aufc")}
     assert "pos from sst2, k=3, seed 1" in names
     # every run the sweep trained is named in its progress, as the UI names it
     assert sorted(line.split(" | ")[1].rsplit(": ", 1)[0] for line in ended) == sorted(names)

@@ -109,7 +109,7 @@ def test_runs_page_nests_each_sweeps_runs_under_its_parent(store, ui, browser):
     parent = wait.until(seen.element_to_be_clickable((By.LINK_TEXT, "sweep smoke-aufc")))
     parent_id = parent.get_attribute("href").split("/")[-1]
     children = [r for r in store["runs"] if r.data.tags.get(tracking.PARENT_RUN) == parent_id]
-    assert len(children) == 21  # the smoke AuFC grid, less the single sweep's four sources
+    assert len(children) == 29  # the smoke AuFC grid, less the single sweep's four sources
     # no child is listed before its parent is expanded
     child = "pos from sst2, k=3, seed 1"
     assert child in {r.data.tags[tracking.RUN_NAME] for r in children}

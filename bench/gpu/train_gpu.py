@@ -111,7 +111,7 @@ def ours(args, folder: str, k: int, cache_gb: float, go: Path | None = None) -> 
     model.freeze(k)
     data = synthetic(args.examples, args.length, len(tokenizer))
     accelerator = Accelerator(mixed_precision="bf16" if CUDA else "no")
-    runtime = Runtime(progress=False, prefix_cache_gb=cache_gb)
+    runtime = Runtime(progress=False, prefix_cache_gb=cache_gb, prefix_disk_gb=0.0)
     ctx = Context(cfg, accelerator, Discard(), tokenizer.pad_token_id, "bench",
                   Path(tempfile.mkdtemp()), runtime)  # fmt: skip
     task = TaskData(get_task("sst2"), data, data, 0.5, "", "")

@@ -31,6 +31,7 @@ from bertrep import env, figures, tracking
 from bertrep.analysis import across, cells, summary
 from bertrep.analysis.cells import typed
 from bertrep.analysis.collect import MissingInput, Store, TrainRun, log_tables
+from bertrep.analysis.convergence import convergence_table, split_longer
 from bertrep.analysis.diagnostics import rogue_tables, subgroup_profiles
 from bertrep.analysis.forgetting import forgetting_summary, forgetting_tables
 from bertrep.analysis.intervals import (
@@ -106,7 +107,10 @@ def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
 
     out["runs"] = table("runs", lambda: pd.DataFrame([_run_row(r) for r in inputs.runs]))
     out["best"] = table("best", best_scores, inputs)
-    out["scores"] = table("scores", transfer_scores, inputs, out["best"])
+    # a run repeating a cell of the grid with more updates checks convergence (k = L)
+    scores, longer = split_longer(table("scores", transfer_scores, inputs, out["best"]))
+    out["scores"] = scores
+    out["convergence"] = table("convergence", convergence_table, scores, longer)
     out["aufc"], out["aufc_seeds"] = table("aufc", aufc_tables, out["scores"], spec.aufc, inputs)
     out["aufc"] = table("aufc", aufc_intervals, out["aufc"], out["aufc_seeds"], spec.bootstrap)
     out["transfer_k0"] = table("transfer_k0", transfer_k0, inputs, out["scores"])

@@ -32,7 +32,8 @@ from bertrep.tracking import server
 
 PROJECT = Path(__file__).resolve().parents[2]  # the repository: MLproject, sweeps/, analysis/
 STAGE_STOP_TIMEOUT_S = 300.0  # for an interrupted stage to end its runs
-HEADLINE = ("Mean-CKA", "AuFC\n", "Does representation similarity predict transfer?")
+HEADLINE = ("Mean-CKA", "AuFC\n", "Does representation similarity predict transfer?",
+            "Did the head-only trials converge?")  # fmt: skip
 
 
 def stages(setting: str, overrides: str) -> list[tuple[str, list[str]]]:
@@ -99,7 +100,8 @@ def analyze_overrides(overrides: str) -> str:
 
 
 def headline(summary: str) -> str:
-    """The Mean-CKA and AuFC matrices and their correlation, from the analysis summary."""
+    """The Mean-CKA and AuFC matrices, their correlation and the convergence check of the
+    head-only trials, from the analysis summary."""
     sections = summary.split("\n## ")
     return "\n".join("## " + s.rstrip() + "\n" for s in sections[1:] if s.startswith(HEADLINE))
 

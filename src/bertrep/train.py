@@ -44,7 +44,7 @@ from bertrep.errors import InputError
 from bertrep.maths.forgetting import drift
 from bertrep.maths.transfer import normalize
 from bertrep.tracking import best, registry
-from bertrep.training import mlmodel
+from bertrep.training import mlmodel, stopping
 from bertrep.training.config import (
     TWO_TASK_MODES,
     Runtime,
@@ -172,13 +172,9 @@ def train_two_tasks(ctx: Context, model, source: TaskData, target: TaskData, pro
 
 
 def train_one_task(ctx: Context, model, target: TaskData, probes):
-    cfg = ctx.cfg
-
-    def periodic_eval(step: int) -> None:
-        if cfg.eval_every and 0 < step < cfg.max_steps and step % cfg.eval_every == 0:
-            log_eval(ctx, model, target, step)
-
-    steps, diverged = optimise(ctx, model, [target], cfg.max_steps, "train", periodic_eval)
+    train_on, watch = stopping.watcher(ctx, model, target)  # early stopping or eval_every
+    steps, diverged = optimise(ctx, model, [train_on], ctx.cfg.max_steps, "train", watch)
+    steps = watch.finish(steps, diverged)  # the update whose weights the model now holds
     scores = log_eval(ctx, model, target, steps)
     reused = reusable_tables(ctx, model, probes)
     if reused:

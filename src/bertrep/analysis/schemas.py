@@ -11,6 +11,7 @@ import pandas as pd
 
 from bertrep.analysis.across import CROSS_COLUMNS, SIDE_BY_SIDE_COLUMNS
 from bertrep.analysis.cells import FLOAT, INT, TEXT, typed
+from bertrep.analysis.convergence import CONVERGENCE_COLUMNS
 from bertrep.analysis.diagnostics import DIMS_COLUMNS, ROGUE_COLUMNS, SUBGROUP_COLUMNS
 from bertrep.analysis.forgetting import FORGETTING_COLUMNS, FORGETTING_SUMMARY_COLUMNS
 from bertrep.analysis.intervals import AUFC_INTERVAL_COLUMNS, SEED_BAND_COLUMNS, TIES_COLUMNS
@@ -34,6 +35,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "scores": SCORE_COLUMNS,
     "aufc": CELL_COLUMNS | AUFC_INTERVAL_COLUMNS,
     "aufc_seeds": SEED_COLUMNS,
+    "convergence": CONVERGENCE_COLUMNS,
     "transfer_k0": K0_COLUMNS,
     "mean_cka": MEAN_CKA_COLUMNS,
     "profiles": PROFILE_COLUMNS,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bertrep import tracking
-from bertrep.analysis import cells
+from bertrep.analysis import cells, convergence
 from bertrep.analysis.cells import has_values
 from bertrep.analysis.diagnostics import DRIVEN, driven_cells
 from bertrep.analysis.tables import NEEDS, labels, matrix
@@ -100,6 +100,7 @@ def markdown(spec, tables: dict[str, pd.DataFrame], parents: dict[str, str]) -> 
     lines = _header(spec, tables, parents)
     matrices, undrawn = _matrices(tables, spec.tasks)
     lines += matrices + _comparisons(tables) + _best(tables) + _forgetting(tables)
+    lines += convergence.summary_lines(tables.get("convergence", pd.DataFrame()))
     lines += uncertainty(tables, spec.tasks)
     if undrawn:
         lines += ["## Figures not drawn", "", *undrawn, ""]

@@ -191,6 +191,7 @@ def transfer_scores(inputs: Inputs, best: pd.DataFrame) -> pd.DataFrame:
                 "source": r.source_task,
                 "frozen_layers": r.frozen_layers,
                 "seed": r.seed,
+                "max_steps": int(float(r.params.get("max_steps", 0) or 0)),
                 "num_layers": r.num_layers,
                 "score": r.final_score,
                 "chance": r.chance,
@@ -206,8 +207,8 @@ def transfer_scores(inputs: Inputs, best: pd.DataFrame) -> pd.DataFrame:
 
 
 SCORE_COLUMNS = {"target": TEXT, "source": TEXT, "frozen_layers": INT, "seed": INT,
-                 "num_layers": INT, "score": FLOAT, "chance": FLOAT, "best": FLOAT,
-                 "norm_score": FLOAT, "diverged": FLAG, "run_id": TEXT,
+                 "max_steps": INT, "num_layers": INT, "score": FLOAT, "chance": FLOAT,
+                 "best": FLOAT, "norm_score": FLOAT, "diverged": FLAG, "run_id": TEXT,
                  "source_version": TEXT, "status": TEXT}  # fmt: skip
 
 

@@ -33,6 +33,8 @@ KEYED_OFF_DEFAULT = {
     "head_dropout": 0.1,
     "untie_blocks": False,
     "word_probes": "",
+    "head_lr": 0.0,
+    "early_stopping": 0,
 }
 TWO_TASK_MODES = ("sequential", "shuffled")  # A = source_task, then or mixed with B = task
 # What of a local base_model folder makes the model: config, heads, tokenizer, weights.
@@ -61,6 +63,9 @@ class TrainConfig:
     reference_model: str = ""  # shuffled: the model tuned on A alone; empty: the registry
     # optimisation (Mosbach et al. 2021: AdamW with bias correction, warm-up 10%, then decay)
     lr: float = 2e-5
+    # the heads' (and BERT's pooler's) learning rate (0: lr). A new head on frozen features
+    # wants a larger one than the encoder (docs/training.md: the recipe of frozen trials)
+    head_lr: float = 0.0
     batch_size: int = 32
     max_steps: int = 2000
     warmup_ratio: float = 0.1
@@ -74,6 +79,9 @@ class TrainConfig:
     data_files: str = ""  # other file names per split, "train=a.tsv,validation=b.tsv"
     # evaluation and probing
     eval_every: int = 0  # steps between evaluations; 0: only at the end
+    # stop after this many evaluations (every eval_every updates, on a held-out tenth of
+    # the training examples) without a better score, keeping the best (0: never)
+    early_stopping: int = 0
     diverge_margin: float = 0.02  # final score not above chance by more: diverged (0: never)
     best_score: float = 0.0  # best_B for normalization; 0: looked up in MLflow
     probe_tasks: str = ""  # comma-separated tasks to extract activations on; empty: task
@@ -99,6 +107,7 @@ class TrainConfig:
         checks = {
             "frozen_layers": self.frozen_layers >= 0,
             "lr": self.lr > 0,
+            "head_lr": self.head_lr >= 0,
             "batch_size": self.batch_size > 0,
             "max_steps": self.max_steps > 0,
             "max_length": self.max_length >= 8,
@@ -107,6 +116,7 @@ class TrainConfig:
             "max_train_examples": self.max_train_examples >= 0,
             "max_eval_examples": self.max_eval_examples >= 0,
             "eval_every": self.eval_every >= 0,
+            "early_stopping": self.early_stopping >= 0,
             "diverge_margin": self.diverge_margin >= 0,
         }
         checks["sampling"] = self.sampling in ("uniform", "proportional")
@@ -117,6 +127,12 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise InputError(f"{name}={getattr(self, name)!r} is out of range")
+        if self.early_stopping and (self.mode != "single" or not self.eval_every):
+            raise InputError(
+                f"early_stopping={self.early_stopping} needs mode=single and eval_every > 0 "
+                f"(the updates between its scores), not mode={self.mode}, "
+                f"eval_every={self.eval_every}"
+            )
         if not all(0 <= f <= 1 for f in self.checkpoint_fractions):
             raise InputError(f"checkpoints={self.checkpoints!r}: fractions must lie in [0, 1]")
 
@@ -251,7 +267,10 @@ class Runtime:
     mixed_precision: str = "auto"  # auto (bf16 on GPU, none on CPU) | no | bf16 | fp16
     experiment_name: str = ""  # empty: $MLFLOW_EXPERIMENT_NAME or the active run's
     progress: bool = True
-    prefix_cache_gb: float = 4.0  # frozen-prefix outputs kept in memory (0: recompute)
+    # frozen-prefix outputs a run holds in memory (0: the prefix runs at every step), and
+    # those kept on disk under the cache folder for every run to share (0: none)
+    prefix_cache_gb: float = 4.0
+    prefix_disk_gb: float = 8.0
     # all layers frozen from a registered model: reference its run's activation tables
     # (equal to what this run would extract) instead of extracting them again
     reuse_tables: bool = True

@@ -99,11 +99,14 @@ def endless(loader: DataLoader):
 
 
 @torch.no_grad()
-def evaluate(ctx: Context, model: TaskModel, task: TaskData) -> dict[str, float]:
-    """The task's metrics on its eval split."""
+def evaluate(
+    ctx: Context, model: TaskModel, task: TaskData, data: Encoded | None = None, prefix=None
+) -> dict[str, float]:
+    """The task's metrics on its eval split (or on `data`, with its frozen-prefix states)."""
+    data = task.eval if data is None else data
     model.eval()
-    batches = eval_batches(task.eval, max(64, ctx.cfg.batch_size))
-    loader = ctx.accelerator.prepare(make_loader(task.eval, batches, ctx.pad_id))
+    batches = eval_batches(data, max(64, ctx.cfg.batch_size))
+    loader = ctx.accelerator.prepare(make_loader(data, batches, ctx.pad_id, prefix))
     preds, golds = [], []
     for batch in loader:
         labels = batch.pop("labels")
@@ -136,19 +139,24 @@ def log_eval(ctx: Context, model: TaskModel, task: TaskData, step: int) -> dict[
 
 
 def make_optimizer(ctx: Context, model: TaskModel, steps: int):
-    """AdamW (bias-corrected, no decay on biases and norms), linear warm-up then decay.
-    The fused kernel (one pass over all parameters, on CPU and GPU) is what Trainer
-    uses too."""
+    """AdamW (bias-corrected, no decay on biases and norms), linear warm-up then decay;
+    the heads (and BERT's pooler) at `head_lr` when it is set, the encoder at `lr`. The
+    fused kernel (one pass over all parameters, on CPU and GPU) is what Trainer uses too."""
     cfg = ctx.cfg
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
+    heads = {id(p) for p in ctx.accelerator.unwrap_model(model).head_parameters()}
+    groups = []
+    for is_head in (False, True):
+        trainable = [
+            p for p in model.parameters() if p.requires_grad and (id(p) in heads) == is_head
+        ]
+        lr = cfg.head_lr if is_head and cfg.head_lr else cfg.lr
+        groups += [
             {"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
             {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        fused=True,
-    )
+        ]
+        for group in groups[-2:]:
+            group["lr"] = lr
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     return ctx.accelerator.prepare(optimizer, scheduler)
 
@@ -165,9 +173,9 @@ def task_batches(
         frozen = prefix_states(
             accelerator.unwrap_model(model),
             task.train,
-            cfg.base_model,
             ctx.pad_id,
             ctx.runtime.prefix_cache_gb,
+            ctx.runtime.prefix_disk_gb,
             uses=steps * cfg.batch_size,
         )
         loader = make_loader(task.train, sampler, ctx.pad_id, frozen)
@@ -184,10 +192,11 @@ def optimise(
     tasks: list[TaskData],
     steps: int,
     phase: str,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int], bool | None] | None = None,
 ) -> tuple[int, str]:
     """`steps` updates on batches of `tasks`. Calls on_step(0) first, then on_step(s)
-    after update s. Returns (updates done, why the loss diverged or "")."""
+    after update s; a true answer stops training there (early stopping). Returns
+    (updates done, why the loss diverged or "")."""
     optimizer, scheduler = make_optimizer(ctx, model, steps)
     batches = task_batches(ctx, model, tasks, steps)
     loss_key, lr_key = tracking.phase_metric(phase, "loss"), tracking.phase_metric(phase, "lr")
@@ -216,8 +225,8 @@ def optimise(
         ctx.metrics.log({lr_key: scheduler.get_last_lr()[0]}, step)
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if on_step:
-            on_step(step)
+        if on_step and on_step(step):
+            break
     bar.close()
     throughput = tracking.phase_metric(phase, "examples_per_s")
     ctx.metrics.log({throughput: seen / max(busy, 1e-9)}, done)

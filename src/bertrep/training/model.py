@@ -109,6 +109,12 @@ class TaskModel(nn.Module):
     def num_layers(self) -> int:
         return self.encoder.config.num_hidden_layers
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """What reads the last hidden states for a task: the heads and the encoder's own
+        pooler (BERT's), which is all that trains at k = L."""
+        pooler = getattr(self.encoder, "pooler", None)
+        return [*self.heads.parameters(), *(pooler.parameters() if pooler else [])]
+
     def add_head(self, task: str) -> None:
         self.heads[task] = Head(get_task(task), self.encoder.config.hidden_size, self.head_dropout)
 

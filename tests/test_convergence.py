@@ -1,0 +1,89 @@
+"""The convergence check of head-only trials: grid runs against the same runs trained
+longer, on small hand-made score tables with known answers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bertrep.analysis import cells
+from bertrep.analysis.cells import typed
+from bertrep.analysis.convergence import convergence_table, split_longer, summary_lines
+from bertrep.analysis.tables import SCORE_COLUMNS
+
+
+def rows(target, source, k, steps, norms, status=cells.OK, first_seed=0):
+    return [
+        {"target": target, "source": source, "frozen_layers": k, "seed": first_seed + i,
+         "max_steps": steps, "num_layers": 6, "norm_score": v, "status": status,
+         "run_id": f"{target}-{source}-{k}-{steps}-{first_seed + i}"}
+        for i, v in enumerate(norms)
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def scores() -> pd.DataFrame:
+    found = [
+        *rows("sst2", "base", 0, 100, [1.0, 0.9, 1.1]),
+        *rows("sst2", "base", 6, 500, [0.2, 0.3, 0.4]),  # sd 0.1
+        *rows("sst2", "base", 6, 1000, [0.25, 0.35, 0.45]),  # moved 0.05 < 0.1
+        *rows("sst2", "pos", 6, 500, [0.1, 0.1, 0.1]),  # sd 0
+        *rows("sst2", "pos", 6, 1000, [0.5, 0.5, 0.5]),  # moved 0.4
+        *rows("pos", "base", 6, 500, [0.6, 0.8]),  # sd 0.1414; no longer run
+        *rows("pos", "sst2", 6, 500, [0.5]),  # one seed
+        *rows("pos", "sst2", 6, 1000, [0.9]),
+        *rows("stsb", "base", 6, 500, [0.0, 0.0], status=cells.AT_CHANCE),
+    ]
+    return typed(found, SCORE_COLUMNS)
+
+
+def test_the_longer_runs_leave_the_grid(scores):
+    grid, longer = split_longer(scores)
+    assert len(grid) + len(longer) == len(scores)
+    assert set(longer.max_steps) == {1000} and len(longer) == 7
+    assert not grid.duplicated(["target", "source", "frozen_layers", "seed"]).any()
+    assert set(grid[grid.frozen_layers == 6].max_steps) == {500}
+
+
+def test_each_cell_is_converged_where_the_mean_moved_less_than_the_seed_sd(scores):
+    table = convergence_table(*split_longer(scores)).set_index(["target", "source"])
+    sst2 = table.loc[("sst2", "base")]
+    assert sst2.norm_score == pytest.approx(0.3) and sst2.longer_norm_score == pytest.approx(0.35)
+    assert sst2.move == pytest.approx(0.05) and sst2.seed_sd == pytest.approx(0.1)
+    assert sst2.converged == True and sst2.status == cells.OK  # noqa: E712
+    assert (sst2.steps, sst2.longer_steps, sst2.seeds) == (500, 1000, 3)
+    pos_source = table.loc[("sst2", "pos")]
+    assert pos_source.move == pytest.approx(0.4) and pos_source.seed_sd == pytest.approx(0.0)
+    assert pos_source.converged == False  # noqa: E712
+    assert table.loc[("pos", "base")].status == cells.MISSING
+    assert table.loc[("pos", "base")].seed_sd == pytest.approx(0.1414, abs=1e-4)
+    assert table.loc[("pos", "sst2")].status == cells.SINGLE_SEED
+    assert pd.isna(table.loc[("pos", "sst2")].converged)
+    assert table.loc[("stsb", "base")].status == cells.AT_CHANCE
+    assert len(table) == 5  # k = 0 runs are not checked
+
+
+def test_the_summary_says_per_target_which_sources_did_not_converge(scores):
+    text = "\n".join(summary_lines(convergence_table(*split_longer(scores))))
+    assert "- sst2: not converged from pos" in text
+    assert "| sst2 | base | 500 | 0.300 | 0.350 (1000) | 0.050 | 0.100 | yes |" in text
+    assert "- pos: not checked: base, sst2" in text  # no longer run; one seed
+    assert "- stsb: not checked: base" in text
+    assert "| stsb | base | 500 |" in text and "at chance" in text
+
+
+def test_no_runs_no_check():
+    empty = typed([], SCORE_COLUMNS)
+    grid, longer = split_longer(empty)
+    assert convergence_table(grid, longer).empty
+    assert summary_lines(convergence_table(grid, longer)) == []
+
+
+def test_without_longer_runs_nothing_is_printed_and_k_below_l_stays_in_the_grid():
+    found = typed([*rows("sst2", "base", 6, 500, [0.2, 0.3]),
+                   *rows("sst2", "base", 3, 100, [0.5, 0.6]),
+                   *rows("sst2", "base", 3, 200, [0.7, 0.8])], SCORE_COLUMNS)  # fmt: skip
+    grid, longer = split_longer(found)
+    assert longer.empty and len(grid) == 6  # two runs of a k = 3 cell: AuFC's to judge
+    table = convergence_table(grid, longer)
+    assert list(table.status) == [cells.MISSING] and summary_lines(table) == []
