@@ -127,18 +127,19 @@ def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tmp_path):
     the data folder moved."""
     store = copy_study(smoke_study, tmp_path / "study")
     print(f"smoke study: {smoke_study['seconds']:.0f}s")
-    # 2 targets x 2 sources (base and the other task) x 3 frozen levels x 2 seeds, and the
-    # pretrained model's read-out; the four sources were the single sweep's runs
+    # 2 targets x 2 sources (base and the other task) x 2 seeds x (k = 0 and 3, and k = 6
+    # at two budgets), and the pretrained model's read-out; the four sources were the
+    # single sweep's runs
     finished = check_complete(store, 29, "aufc")
     parent = kind_parent(store, "aufc")
     assert parent.data.tags[tracking.SWEEP_DIGEST]
     assert parent.data.tags["mlflow.project.entryPoint"] == "sweep_aufc"  # mlflow run's run
-    assert parent.data.metrics[tracking.SWEEP_TRIALS] == 25
+    assert parent.data.metrics[tracking.SWEEP_TRIALS] == 33
     stored = sum(r.data.metrics[tracking.ARTIFACT_BYTES] for r in finished)
     assert parent.data.metrics[tracking.SWEEP_ARTIFACT_BYTES] == stored > 0
     client = MlflowClient()
     transfer = [r for r in finished if r.data.tags[tracking.SOURCE_TASK] != "base"]
-    assert len(transfer) == 12
+    assert len(transfer) == 16
     sources = set()
     for r in transfer:
         name, version = r.data.tags[tracking.BASE_MODEL][len(tracking.MODELS_URI) :].split("/")
@@ -168,7 +169,7 @@ def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tmp_path):
     assert len(training_runs(store)) == before
     assert not [r for r in runs(store) if r.info.status == "RUNNING"]
     newest = max(parents(store), key=lambda p: p.info.start_time)
-    assert newest.data.metrics[tracking.SWEEP_SKIPPED] == 25
+    assert newest.data.metrics[tracking.SWEEP_SKIPPED] == 33
     # the rerun read the moved folder (its trial list, stored beside the store by its server)
     (listed,) = tmp_path.glob(f"**/{newest.info.run_id}/artifacts/{tracking.SWEEP_TRIALS_FILE}")
     assert {t["data_dir"] for t in json.loads(listed.read_text())} == {str(moved.resolve())}
