@@ -307,6 +307,13 @@ def test_one_mean_cka_and_one_aufc_cell_recomputed_independently(study, tmp_path
             (runs.task == target) & (runs.source_task == source) & (runs["mode"] == "single")
         ]
         grid = grid[grid.run_id.isin(bests) | (grid.frozen_layers > 0) | (source != "base")]
+        # a k = L run with more updates than its cell's fewest is a convergence check
+        steps = [int(client.get_run(r).data.params["max_steps"]) for r in grid.run_id]
+        grid = grid.assign(max_steps=steps)
+        grid = grid[
+            grid.max_steps == grid.groupby(["frozen_layers", "seed"]).max_steps.transform("min")
+        ]
+        assert len(grid) == 6  # k = 0, 3 and 6, two seeds
         values = []
         for _, seed_runs in grid.groupby("seed"):
             by_k = seed_runs.set_index("frozen_layers").sort_index()
