@@ -144,18 +144,16 @@ def make_optimizer(ctx: Context, model: TaskModel, steps: int):
     fused kernel (one pass over all parameters, on CPU and GPU) is what Trainer uses too."""
     cfg = ctx.cfg
     heads = {id(p) for p in ctx.accelerator.unwrap_model(model).head_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    body = [p for p in trainable if id(p) not in heads]
+    head = [p for p in trainable if id(p) in heads]
     groups = []
-    for is_head in (False, True):
-        trainable = [
-            p for p in model.parameters() if p.requires_grad and (id(p) in heads) == is_head
-        ]
-        lr = cfg.head_lr if is_head and cfg.head_lr else cfg.lr
+    for part, lr in ((body, cfg.lr), (head, cfg.head_lr or cfg.lr)):
         groups += [
-            {"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+            {"params": [p for p in part if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in part if p.ndim <= 1], "weight_decay": 0.0},
         ]
-        for group in groups[-2:]:
-            group["lr"] = lr
+        groups[-2]["lr"] = groups[-1]["lr"] = lr
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     return ctx.accelerator.prepare(optimizer, scheduler)
