@@ -65,6 +65,8 @@ def test_every_shipped_analysis_spec_parses(path):
         ({"bootstrap": {"replicates": 1}}, "bootstrap needs replicates 0"),
         ({"bootstrap": {"level": "high"}}, "bootstrap values must be numbers"),
         ({"subgroup_min_tokens": 3}, "subgroup_min_tokens must be a whole number >= 4"),
+        ({"aufc": {"min_margin": -0.1}}, "aufc.min_margin must be a number >= 0"),
+        ({"aufc": {"min_margin": "a lot"}}, "aufc.min_margin must be a number >= 0"),
     ],
 )
 def test_unknown_keys_and_bad_values_are_errors_naming_them(raw, message):

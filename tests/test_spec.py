@@ -58,8 +58,29 @@ def test_paper_spec_is_the_papers_setting():
     assert pairs == {(s, t) for s in tasks | {"base"} for t in tasks if s != t}
     quick = [c for c in trials(load_spec(REPO / "sweeps" / "quick" / "aufc.yaml"))
              if c.mode != "extract"]  # fmt: skip
-    assert {c.frozen_layers for c in quick} == {0, 3, 6} and {c.seed for c in quick} == {0, 1}
     assert {(c.source_task, c.task) for c in quick} == pairs
+
+
+def test_quick_spec_is_its_documented_recipe():
+    """docs/quick.md's recipe: three seeds; k = 0 and 3 at 100 updates of lr 1e-4;
+    k = 6 head-only at 1e-2 for its target's budget, and seed 0 again at twice it; MNLI
+    scored on its whole 1,000-pair dev sample."""
+    quick = [c for c in trials(load_spec(REPO / "sweeps" / "quick" / "aufc.yaml"))
+             if c.mode != "extract"]  # fmt: skip
+    assert {c.frozen_layers for c in quick} == {0, 3, 6} and {c.seed for c in quick} == {0, 1, 2}
+    partial = [c for c in quick if c.frozen_layers < 6]
+    assert {(c.max_steps, c.lr, c.head_lr) for c in partial} == {(100, 1e-4, 0.0)}
+    assert len(partial) == 4 * 4 * 2 * 3  # 16 cells (base and 3 sources), k = 0 and 3, 3 seeds
+    budget = {"mnli": 2000, "stsb": 2000, "sst2": 1000, "pos": 4000}
+    for task, steps in budget.items():
+        head_only = [c for c in quick if c.frozen_layers == 6 and c.task == task]
+        assert {c.head_lr for c in head_only} == {1e-2}
+        runs = {(c.source_task, c.seed, c.max_steps) for c in head_only}
+        sources = {"base", "mnli", "stsb", "sst2", "pos"} - {task}
+        grid = {(s, seed, steps) for s in sources for seed in (0, 1, 2)}
+        assert runs == grid | {(s, 0, 2 * steps) for s in sources}
+    assert {c.max_eval_examples for c in quick if c.task == "mnli"} == {1000}
+    assert {c.max_eval_examples for c in quick if c.task != "mnli"} == {300}
     # only the sources and the read-out extract on every probe set
     assert {c.probe_tasks for c in quick if not c.registers_source} == {""}
 

@@ -20,6 +20,7 @@ from bertrep.analysis.tables import (
     AufcRule,
     Inputs,
     aufc_tables,
+    best_scores,
     matrix,
     transfer_k0,
 )
@@ -111,6 +112,24 @@ def test_the_endpoints_rule_and_two_runs_at_one_k():
     known = inputs()
     assert aufc_tables(twice, AufcRule(), known)[0].value.isna().all()
     assert "runs r0k6, other share a k" in known.missing[0].detail
+
+
+def test_a_target_below_the_margin_is_not_learned_at_this_budget():
+    """best_B is the mean of the k = 0 base runs; SST-2 at 0.55 and 0.62 (mean 0.585)
+    beats its chance 0.5 by 0.085: under a 0.1 margin it has no normalized score."""
+    from bertrep.analysis.collect import TrainRun
+
+    def run(task, seed, score):
+        return TrainRun(f"{task}{seed}", task, "single", "base", 0, seed, "minilm", "minilm",
+                        "key", False, 6, score, 0.5)  # fmt: skip
+
+    known = Inputs([run("sst2", 0, 0.55), run("sst2", 1, 0.62), run("stsb", 0, 0.9)], None,
+                   ("sst2", "stsb"), ("biased",), False, [])  # fmt: skip
+    best = best_scores(known, min_margin=0.1).set_index("task")
+    assert best.loc["sst2", "best"] == pytest.approx(0.585)
+    assert best.status.to_dict() == {"sst2": cells.BELOW_MARGIN, "stsb": cells.OK}
+    assert "sst2: best_B 0.5850 vs chance 0.5000" in known.missing[0].detail
+    assert best_scores(known).status.tolist() == [cells.OK, cells.OK]  # no margin: as before
 
 
 def test_transfer_matrix_rows_are_sources_base_last_and_missing_cells_stay_empty():

@@ -106,7 +106,7 @@ def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
             return build(*args)
 
     out["runs"] = table("runs", lambda: pd.DataFrame([_run_row(r) for r in inputs.runs]))
-    out["best"] = table("best", best_scores, inputs)
+    out["best"] = table("best", best_scores, inputs, spec.aufc.min_margin)
     # a run repeating a cell of the grid with more updates checks convergence (k = L)
     scores, longer = split_longer(table("scores", transfer_scores, inputs, out["best"]))
     out["scores"] = scores

@@ -23,11 +23,12 @@ OK = "ok"  # a number, with an interval where the table has intervals
 MISSING = "missing"  # nothing to compute it from: no runs, no tables, no such k
 AT_CHANCE = "at chance"  # the target's full fine-tuning scored exactly chance: norm undefined
 NOT_LEARNED = "not learned"  # ... scored below chance: a normalized score would be inverted
+BELOW_MARGIN = "not learned at this budget"  # above chance by less than the spec's min_margin
 DIVERGED = "diverged"  # every run it needs diverged (tagged, or not above chance)
 SINGLE_SEED = "single seed"  # one seed: no interval (AuFC), no pair of seeds (Mean-CKA)
 UNDEFINED = "undefined"  # inputs exist, the formula does not apply (a constant layer's CKA)
 
-LABELS = (OK, MISSING, AT_CHANCE, NOT_LEARNED, DIVERGED, SINGLE_SEED, UNDEFINED)
+LABELS = (OK, MISSING, AT_CHANCE, NOT_LEARNED, BELOW_MARGIN, DIVERGED, SINGLE_SEED, UNDEFINED)
 
 MEANING = {
     OK: "computed",
@@ -36,6 +37,8 @@ MEANING = {
     "normalized scores are undefined",
     NOT_LEARNED: "the target's full fine-tuning scored below chance: normalized scores "
     "would be inverted, so none is given",
+    BELOW_MARGIN: "the target's full fine-tuning beat chance by less than the analysis's "
+    "aufc.min_margin: its normalized scores would be mostly noise, so none is given",
     DIVERGED: "every run it needs diverged",
     SINGLE_SEED: "one seed only: no interval (AuFC), no pair of seeds (Mean-CKA)",
     UNDEFINED: "the inputs exist but the formula does not apply (e.g. a constant layer)",
@@ -46,13 +49,16 @@ MEANING = {
 FLOAT, INT, FLAG, TEXT = "float64", "Int64", "boolean", "text"
 
 
-def target_status(best: float, chance: float) -> str:
-    """Whether a target's normalized scores exist: best_B against chance_B."""
+def target_status(best: float, chance: float, margin: float = 0.0) -> str:
+    """Whether a target's normalized scores exist: best_B against chance_B, and against
+    chance_B + margin (in the metric's units) when a margin is asked for."""
     if not (math.isfinite(best) and math.isfinite(chance)):
         return MISSING
     if math.isclose(best, chance, rel_tol=0.0, abs_tol=1e-12):
         return AT_CHANCE
-    return NOT_LEARNED if best < chance else OK
+    if best < chance:
+        return NOT_LEARNED
+    return BELOW_MARGIN if best - chance < margin else OK
 
 
 def typed(rows: Iterable[Mapping] | pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:

@@ -79,6 +79,7 @@ def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
         aufc=AufcRule(
             grid=tuple(int(k) for k in rule.get("grid") or ()),
             require_endpoints=parse_bool(rule.get("require_endpoints", True)),
+            min_margin=_margin(rule.get("min_margin", 0.0), source),
         ),
         bootstrap=bootstrap,
         diagnostics=parse_bool(raw.get("diagnostics", True)),
@@ -88,6 +89,12 @@ def spec_from_dict(raw: dict, source: str = "<analysis spec>") -> AnalysisSpec:
         predictors=parse_bool(raw.get("predictors", True)),
         description=str(raw.get("description") or ""),
     )
+
+
+def _margin(value, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise InputError(f"{source}: aufc.min_margin must be a number >= 0; got {value!r}")
+    return float(value)
 
 
 def _whole(value, key: str, source: str, least: int) -> int:

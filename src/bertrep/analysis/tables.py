@@ -1,13 +1,12 @@
 """The analysis's tidy tables, one row per number, built from collected runs.
 
     inputs = Inputs(runs, store, tasks, estimators, embeddings=False)   # what sweeps logged
-    best = best_scores(inputs)            # best_B per task, from the raw k = 0 base scores
+    best = best_scores(inputs, min_margin=0.1)   # best_B per task, from raw k = 0 scores
     scores = transfer_scores(inputs, best)
-    cells, seeds = aufc_tables(scores, num_layers, rule)
+    cells, seeds = aufc_tables(scores, AufcRule(grid=(0, 3, 6)), inputs)
 
-Every row carries what it was computed from (run ids, registered versions, k, seeds),
-so each number can be traced back to its runs; the CKA tables are in `profiles`. The
-maths is in `transfer`; this module only arranges it.
+Every row carries what it was computed from (run ids, registered versions, k, seeds), so
+each number traces back to its runs. CKA tables: `profiles`; the maths: `transfer`.
 """
 
 from __future__ import annotations
@@ -129,11 +128,11 @@ BEST_COLUMNS = {"task": TEXT, "metric": TEXT, "best": FLOAT, "chance": FLOAT, "r
                 "run_ids": TEXT, "status": TEXT}  # fmt: skip
 
 
-def best_scores(inputs: Inputs) -> pd.DataFrame:
+def best_scores(inputs: Inputs, min_margin: float = 0.0) -> pd.DataFrame:
     """best_B of each task: the mean raw final score of its successful full fine-tuning
     runs from the pretrained model (never a normalized score logged during a sweep), and
-    its status: ok, at chance or not learned (best_B against chance_B), diverged (every
-    run failed) or missing (no run)."""
+    its status: ok, at chance, not learned, not learned at this budget (best_B against
+    chance_B and chance_B + min_margin), diverged (every run failed) or missing (no run)."""
     rows = []
     for task in inputs.tasks:
         runs = inputs.full_fine_tuning(task)
@@ -149,7 +148,7 @@ def best_scores(inputs: Inputs) -> pd.DataFrame:
             rows.append(row | {"status": status})
             continue
         best, chance = float(np.mean([r.final_score for r in runs])), runs[0].chance
-        status = cells.target_status(best, chance)
+        status = cells.target_status(best, chance, min_margin)
         if status != cells.OK:
             what = f"{task}: best_B {best:.4f} vs chance {chance:.4f}: {cells.MEANING[status]}"
             inputs.missing.append(Missing("best_B", what, "aufc"))
@@ -215,10 +214,12 @@ SCORE_COLUMNS = {"target": TEXT, "source": TEXT, "frozen_layers": INT, "seed": I
 @dataclass(frozen=True)
 class AufcRule:
     """Which k enter AuFC: `grid` (default: every k the runs have), which must include 0
-    and L unless require_endpoints is false."""
+    and L unless require_endpoints is false; a target whose best_B beats chance by less
+    than `min_margin` (its metric's units) gets no normalized score."""
 
     grid: tuple[int, ...] = ()
     require_endpoints: bool = True
+    min_margin: float = 0.0
 
 
 VARIANTS = ("aufc", "aufc_paper")
