@@ -13,9 +13,12 @@ from bertrep.analysis.tables import SCORE_COLUMNS
 
 
 def rows(target, source, k, steps, norms, status=cells.OK, first_seed=0):
+    """Runs whose raw score is 0.5 + 0.4 * norm (chance 0.5, best 0.9); a target with a
+    label instead of normalized scores keeps only the raw ones."""
     return [
         {"target": target, "source": source, "frozen_layers": k, "seed": first_seed + i,
-         "max_steps": steps, "num_layers": 6, "norm_score": v, "status": status,
+         "max_steps": steps, "num_layers": 6, "score": 0.5 + 0.4 * v,
+         "norm_score": v if status == cells.OK else float("nan"), "status": status,
          "run_id": f"{target}-{source}-{k}-{steps}-{first_seed + i}"}
         for i, v in enumerate(norms)
     ]  # fmt: skip
@@ -33,6 +36,9 @@ def scores() -> pd.DataFrame:
         *rows("pos", "sst2", 6, 500, [0.5]),  # one seed
         *rows("pos", "sst2", 6, 1000, [0.9]),
         *rows("stsb", "base", 6, 500, [0.0, 0.0], status=cells.AT_CHANCE),
+        # raw 0.54, 0.58, 0.62 (sd 0.04); seed 0 again, longer: 0.56 (moved 0.02)
+        *rows("mnli", "base", 6, 500, [0.1, 0.2, 0.3], status=cells.BELOW_MARGIN),
+        *rows("mnli", "base", 6, 1000, [0.15], status=cells.BELOW_MARGIN),
     ]
     return typed(found, SCORE_COLUMNS)
 
@@ -40,7 +46,7 @@ def scores() -> pd.DataFrame:
 def test_the_longer_runs_leave_the_grid(scores):
     grid, longer = split_longer(scores)
     assert len(grid) + len(longer) == len(scores)
-    assert set(longer.max_steps) == {1000} and len(longer) == 7
+    assert set(longer.max_steps) == {1000} and len(longer) == 8
     assert not grid.duplicated(["target", "source", "frozen_layers", "seed"]).any()
     assert set(grid[grid.frozen_layers == 6].max_steps) == {500}
 
@@ -60,7 +66,14 @@ def test_each_cell_is_converged_where_the_mean_moved_less_than_the_seed_sd(score
     assert table.loc[("pos", "sst2")].status == cells.SINGLE_SEED
     assert pd.isna(table.loc[("pos", "sst2")].converged)
     assert table.loc[("stsb", "base")].status == cells.AT_CHANCE
-    assert len(table) == 5  # k = 0 runs are not checked
+    assert sst2.scale == "normalized" and sst2.score == pytest.approx(0.62)
+    # no normalized scores: judged on raw ones, seed 0's move against the grid's sd
+    mnli = table.loc[("mnli", "base")]
+    assert mnli.scale == "raw" and mnli.status == cells.BELOW_MARGIN
+    assert mnli.move == pytest.approx(0.02) and mnli.seed_sd == pytest.approx(0.04)
+    assert mnli.converged == True and pd.isna(mnli.norm_score)  # noqa: E712
+    assert mnli.longer_score == pytest.approx(0.56)
+    assert len(table) == 6  # k = 0 runs are not checked
 
 
 def test_the_summary_says_per_target_which_sources_did_not_converge(scores):
@@ -69,7 +82,10 @@ def test_the_summary_says_per_target_which_sources_did_not_converge(scores):
     assert "| sst2 | base | 500 | 0.300 | 0.350 (1000) | 0.050 | 0.100 | yes |" in text
     assert "- pos: not checked: base, sst2" in text  # no longer run; one seed
     assert "- stsb: not checked: base" in text
-    assert "| stsb | base | 500 |" in text and "at chance" in text
+    assert "| stsb | base | 500 | 0.500 |  |  | 0.000 | at chance |" in text
+    assert ("| mnli | base | 500 | 0.580 | 0.560 (1000) | 0.020 | 0.040 | yes (raw scores: "
+            "not learned at this budget) |") in text  # fmt: skip
+    assert "- mnli: every source checked converged" in text
 
 
 def test_no_runs_no_check():

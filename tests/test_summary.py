@@ -109,6 +109,7 @@ def test_uncertainty_sections_read_intervals_ties_and_rogue_dimensions():
     assert lines[0] == "## How sure: 95% intervals"
     assert "| base | 0.943 (single seed) [0.930, 0.950] ≤ | missing |" in text  # ≤: floor
     assert "| pos | at chance | missing |\n| base | 0.812 [0.500, 1.125] | missing |" in text
+    assert "Widest AuFC half-width per target: sst2 ±0.312 (from base)." in lines
     assert "- aufc, target sst2: best base; cannot be told apart from it: base" in lines
     assert (
         "- Mean-CKA floors (every cross profile at its permutation floor): 0.940 to 0.940." in lines

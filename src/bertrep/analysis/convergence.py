@@ -11,6 +11,9 @@ For each target and source, the check compares the mean normalized score over se
 the k = L runs with that of their longer runs (twice the updates in the shipped
 sweeps): the cell converged when the mean moved by less than the standard deviation of
 the grid runs' scores over seeds (docs/definitions.md, "Convergence of frozen trials").
+A target without normalized scores (at chance, not learned, below the margin) is
+checked on its raw scores: the normalization is one affine map per target, so the
+verdict is the same in either unit.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from bertrep.analysis.cells import FLAG, FLOAT, INT, TEXT, typed
 
 CELL = ["target", "source", "frozen_layers", "seed"]
 
+# norm_score, longer_norm_score: normalized where the target has them (else NaN); score,
+# longer_score: raw; move and seed_sd are in the unit `scale` names (normalized | raw)
 CONVERGENCE_COLUMNS = {"target": TEXT, "source": TEXT, "frozen_layers": INT, "seeds": INT,
                        "steps": INT, "longer_steps": INT, "norm_score": FLOAT,
                        "longer_norm_score": FLOAT, "move": FLOAT, "seed_sd": FLOAT,
-                       "converged": FLAG, "run_ids": TEXT, "status": TEXT}  # fmt: skip
+                       "converged": FLAG, "run_ids": TEXT, "status": TEXT, "score": FLOAT,
+                       "longer_score": FLOAT, "scale": TEXT}  # fmt: skip
 
 
 def split_longer(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -41,40 +47,42 @@ def split_longer(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFrame:
-    """One row per (target, source) with k = L grid runs: the mean normalized score over
-    its seeds, the mean of the longer runs, how far that moved from the mean of the same
-    seeds' grid runs, the grid's seed standard deviation and whether the move is smaller
-    (status: ok; missing where no longer run exists; single seed; the target's label
-    where no normalized score does)."""
+    """One row per (target, source) with k = L grid runs: the mean score over its seeds,
+    the mean of the longer runs, how far that moved from the mean of the same seeds' grid
+    runs, the grid's seed standard deviation and whether the move is smaller; normalized
+    scores where the target has them, raw ones where it has a label instead (`scale`).
+    status: the target's status (ok or its label); missing where no longer run exists or
+    a score is not finite; single seed."""
     rows = []
     full = scores[scores.frozen_layers == scores.num_layers]
     for (target, source), grid in full.groupby(["target", "source"], sort=True):
-        row = {"target": target, "source": source, "frozen_layers": int(grid.num_layers.iloc[0]),
-               "steps": int(grid.max_steps.min()), "seeds": len(grid)}  # fmt: skip
         status = grid.status.iloc[0]
-        if status != cells.OK:
-            rows.append(row | {"status": status})
-            continue
+        scale, unit = ("normalized", "norm_score") if status == cells.OK else ("raw", "score")
+        row = {"target": target, "source": source, "frozen_layers": int(grid.num_layers.iloc[0]),
+               "steps": int(grid.max_steps.min()), "seeds": len(grid), "scale": scale,
+               "norm_score": grid.norm_score.mean(), "score": grid.score.mean(),
+               "status": status}  # fmt: skip
         mine = longer[(longer.target == target) & (longer.source == source)
                       & (longer.frozen_layers == row["frozen_layers"])]  # fmt: skip
         mine = mine[mine.max_steps == mine.max_steps.min()] if len(mine) else mine
         paired = grid.merge(mine, on="seed", suffixes=("", "_longer"))
-        row["norm_score"] = float(grid.norm_score.mean())
-        row["seed_sd"] = float(grid.norm_score.std(ddof=1)) if len(grid) > 1 else np.nan
-        if not len(paired):
-            rows.append(row | {"status": cells.MISSING})
+        values = grid[unit].to_numpy(dtype=float)
+        row["seed_sd"] = float(np.std(values, ddof=1)) if len(grid) > 1 else np.nan
+        if not len(paired) or not np.isfinite([*values, *paired[f"{unit}_longer"]]).all():
+            rows.append(row | {"status": cells.MISSING if status == cells.OK else status})
             continue
-        move = abs(float(paired.norm_score_longer.mean()) - float(paired.norm_score.mean()))
+        move = abs(float(paired[f"{unit}_longer"].mean()) - float(paired[unit].mean()))
         sd = row["seed_sd"]
         rows.append(
             row
             | {
                 "longer_steps": int(paired.max_steps_longer.iloc[0]),
                 "longer_norm_score": float(paired.norm_score_longer.mean()),
+                "longer_score": float(paired.score_longer.mean()),
                 "move": move,
                 "converged": bool(move < sd or move == 0) if np.isfinite(sd) else None,
                 "run_ids": ",".join([*paired.run_id, *paired.run_id_longer]),
-                "status": cells.OK if np.isfinite(sd) else cells.SINGLE_SEED,
+                "status": status if np.isfinite(sd) else cells.SINGLE_SEED,
             }
         )
     return typed(rows, CONVERGENCE_COLUMNS)
@@ -87,16 +95,20 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
         return []
     lines = ["## Did the head-only trials converge?", "",
              "k = L runs against the same seeds trained longer: converged where the mean "
-             "normalized score moved by less than its standard deviation over seeds.", "",
-             "| target | source | updates | norm score | longer | moved | seed sd | converged |",
+             "normalized score moved by less than its standard deviation over seeds (raw "
+             "scores where the target has no normalized ones: the verdict is the same).", "",
+             "| target | source | updates | score | longer | moved | seed sd | converged |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in table.itertuples():
-        if r.status not in (cells.OK, cells.SINGLE_SEED):
+        raw = r.scale == "raw"
+        verdict = {True: "yes", False: "**no**"}.get(r.converged, "no deviation")
+        if r.status == cells.MISSING or (pd.isna(r.converged) and raw):
             verdict = r.status
-        else:
-            verdict = {True: "yes", False: "**no**"}.get(r.converged, "no interval")
-        longer = "" if pd.isna(r.longer_steps) else f"{r.longer_norm_score:.3f} ({r.longer_steps})"
-        lines.append(f"| {r.target} | {r.source} | {r.steps} | {_num(r.norm_score)} | {longer} "
+        elif raw:
+            verdict += f" (raw scores: {r.status})"
+        value, later = (r.score, r.longer_score) if raw else (r.norm_score, r.longer_norm_score)
+        longer = "" if pd.isna(r.longer_steps) else f"{_num(later)} ({r.longer_steps})"
+        lines.append(f"| {r.target} | {r.source} | {r.steps} | {_num(value)} | {longer} "
                      f"| {_num(r.move)} | {_num(r.seed_sd)} | {verdict} |")  # fmt: skip
     lines.append("")
     for target, group in table.groupby("target", sort=True):

@@ -252,7 +252,18 @@ def _intervals(tables: dict[str, pd.DataFrame], tasks) -> list[str]:
                 mark = " ≤" if flagged(r.near_floor) else ""
                 text.loc[r.source, r.target] += f"{_ci(r.ci_low, r.ci_high)}{mark}"
         lines += [f"{title}:", "", _table(text, "source \\ target", str), ""]
-    return lines
+    return lines + _widest(au[au.variant == "aufc"])
+
+
+def _widest(aufc: pd.DataFrame) -> list[str]:
+    """Per target, the widest half-width of its AuFC cells' intervals, and which cell."""
+    half = (aufc.ci_high - aufc.ci_low).to_numpy(dtype=float) / 2
+    known = aufc.assign(half=half)[np.isfinite(half)]
+    if not len(known):
+        return []
+    widest = known.loc[known.groupby("target").half.idxmax()]
+    cells_ = ", ".join(f"{r.target} ±{r.half:.3f} (from {r.source})" for r in widest.itertuples())
+    return [f"Widest AuFC half-width per target: {cells_}.", ""]
 
 
 def _ties(tables: dict[str, pd.DataFrame]) -> list[str]:
