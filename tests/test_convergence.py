@@ -82,7 +82,8 @@ def test_the_summary_says_per_target_which_sources_did_not_converge(scores):
     assert "| sst2 | base | 500 | 0.300 | 0.350 (1000) | 0.050 | 0.100 | yes |" in text
     assert "- pos: not checked: base, sst2" in text  # no longer run; one seed
     assert "- stsb: not checked: base" in text
-    assert "| stsb | base | 500 | 0.500 |  |  | 0.000 | at chance |" in text
+    assert "| stsb | base | 500 | 0.500 |  |  | 0.000 | no longer run |" in text
+    assert "| pos | sst2 | 500 | 0.500 | 0.900 (1000) | 0.400 |  | one seed |" in text
     assert ("| mnli | base | 500 | 0.580 | 0.560 (1000) | 0.020 | 0.040 | yes (raw scores: "
             "not learned at this budget) |") in text  # fmt: skip
     assert "- mnli: every source checked converged" in text
@@ -103,3 +104,13 @@ def test_without_longer_runs_nothing_is_printed_and_k_below_l_stays_in_the_grid(
     assert longer.empty and len(grid) == 6  # two runs of a k = 3 cell: AuFC's to judge
     table = convergence_table(grid, longer)
     assert list(table.status) == [cells.MISSING] and summary_lines(table) == []
+
+
+def test_a_seed_without_a_score_is_left_out_not_the_cell():
+    """STS-B's Pearson is NaN for a constant prediction: that seed drops out of the mean
+    and deviation (0.2 and 0.4: sd 0.1414), seed 0's longer run still judges the cell."""
+    found = typed([*rows("stsb", "base", 6, 500, [0.2, float("nan"), 0.4]),
+                   *rows("stsb", "base", 6, 1000, [0.25])], SCORE_COLUMNS)  # fmt: skip
+    (row,) = convergence_table(*split_longer(found)).itertuples()
+    assert row.seed_sd == pytest.approx(0.1414, abs=1e-4) and row.move == pytest.approx(0.05)
+    assert row.converged == True and row.status == cells.OK  # noqa: E712

@@ -301,6 +301,7 @@ def test_cell_labels_and_target_status():
     # a margin in the metric's units: 0.09 above chance is not learned at a 0.1 margin
     assert cells.target_status(0.59, 0.5, margin=0.1) == cells.BELOW_MARGIN
     assert cells.target_status(0.61, 0.5, margin=0.1) == cells.OK
+    assert cells.target_status(0.6, 0.5, margin=0.1) == cells.OK  # 0.6 - 0.5 < 0.1 in floats
     assert cells.target_status(0.45, 0.5, margin=0.1) == cells.NOT_LEARNED
     assert set(cells.MEANING) == set(cells.LABELS)
 

@@ -62,7 +62,7 @@ def test_paper_spec_is_the_papers_setting():
 
 
 def test_quick_spec_is_its_documented_recipe():
-    """docs/quick.md's recipe: three seeds; k = 0 and 3 at 100 updates of lr 1e-4;
+    """docs/sweeps.md's quick recipe: three seeds; k = 0 and 3 at 100 updates of lr 1e-4;
     k = 6 head-only at 1e-2 for its target's budget, and seed 0 again at twice it; MNLI
     scored on its whole 1,000-pair dev sample."""
     quick = [c for c in trials(load_spec(REPO / "sweeps" / "quick" / "aufc.yaml"))

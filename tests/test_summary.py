@@ -50,6 +50,9 @@ def tables() -> dict[str, pd.DataFrame]:
             {"run_id": "s", "mode": "sequential", "task_a": "sst2", "task_b": "pos",
              "scored": "A", "task": "sst2", "first": 0.9, "last": 0.4, "forgotten": 0.5,
              "seed": 0},
+            {"run_id": "s", "mode": "sequential", "task_a": "sst2", "task_b": "pos",
+             "scored": "B", "task": "pos", "first": float("nan"), "last": float("nan"),
+             "forgotten": float("nan"), "seed": 0},
         ]),
         "missing": pd.DataFrame([{"what": "AuFC cell base->pos", "detail": "no runs",
                                   "command": "bertrep sweep --spec sweeps/smoke/aufc.yaml"}]),
@@ -97,6 +100,7 @@ def test_markdown_says_what_the_tables_hold():
     assert "- sst2: accuracy 0.7500 over 2 runs (chance 0.5000)" in lines
     assert "- pos: accuracy — over 0 runs (chance 0.2260): missing" in lines
     assert "- sequential sst2→pos seed 0, sst2 (A): 0.900 → 0.400 (forgot 0.500)" in lines
+    assert "- sequential sst2→pos seed 0, pos (B): — → — (missing: no normalized score)" in lines
     # the AuFC figures cannot be drawn: no cell of aufc_paper or transfer_k0 has a number
     assert any(line.startswith("- `aufc_paper.png`: no cell has a number") for line in lines)
     assert "- AuFC cell base->pos: no runs — `bertrep sweep --spec sweeps/smoke/aufc.yaml`" in lines

@@ -38,7 +38,8 @@ MEANING = {
     NOT_LEARNED: "the target's full fine-tuning scored below chance: normalized scores "
     "would be inverted, so none is given",
     BELOW_MARGIN: "the target's full fine-tuning beat chance by less than the analysis's "
-    "aufc.min_margin: its normalized scores would be mostly noise, so none is given",
+    "aufc.min_margin: its normalized scores would be mostly noise, so none is given "
+    "(more updates, max_steps, or a lower margin would give them)",
     DIVERGED: "every run it needs diverged",
     SINGLE_SEED: "one seed only: no interval (AuFC), no pair of seeds (Mean-CKA)",
     UNDEFINED: "the inputs exist but the formula does not apply (e.g. a constant layer)",
@@ -58,7 +59,7 @@ def target_status(best: float, chance: float, margin: float = 0.0) -> str:
         return AT_CHANCE
     if best < chance:
         return NOT_LEARNED
-    return BELOW_MARGIN if best - chance < margin else OK
+    return BELOW_MARGIN if best - chance < margin - 1e-12 else OK
 
 
 def typed(rows: Iterable[Mapping] | pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:

@@ -51,8 +51,9 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
     the mean of the longer runs, how far that moved from the mean of the same seeds' grid
     runs, the grid's seed standard deviation and whether the move is smaller; normalized
     scores where the target has them, raw ones where it has a label instead (`scale`).
-    status: the target's status (ok or its label); missing where no longer run exists or
-    a score is not finite; single seed."""
+    Seeds without a finite score are left out. status: the target's (ok, or its label);
+    for a target with normalized scores, missing where no seed has a finite longer run
+    and single seed where one grid seed has a score (no deviation, no verdict)."""
     rows = []
     full = scores[scores.frozen_layers == scores.num_layers]
     for (target, source), grid in full.groupby(["target", "source"], sort=True):
@@ -65,10 +66,12 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
         mine = longer[(longer.target == target) & (longer.source == source)
                       & (longer.frozen_layers == row["frozen_layers"])]  # fmt: skip
         mine = mine[mine.max_steps == mine.max_steps.min()] if len(mine) else mine
+        grid = grid[np.isfinite(grid[unit].to_numpy(dtype=float))]
+        mine = mine[np.isfinite(mine[unit].to_numpy(dtype=float))]
         paired = grid.merge(mine, on="seed", suffixes=("", "_longer"))
         values = grid[unit].to_numpy(dtype=float)
-        row["seed_sd"] = float(np.std(values, ddof=1)) if len(grid) > 1 else np.nan
-        if not len(paired) or not np.isfinite([*values, *paired[f"{unit}_longer"]]).all():
+        row["seed_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+        if not len(paired):
             rows.append(row | {"status": cells.MISSING if status == cells.OK else status})
             continue
         move = abs(float(paired[f"{unit}_longer"].mean()) - float(paired[unit].mean()))
@@ -101,10 +104,10 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in table.itertuples():
         raw = r.scale == "raw"
-        verdict = {True: "yes", False: "**no**"}.get(r.converged, "no deviation")
-        if r.status == cells.MISSING or (pd.isna(r.converged) and raw):
-            verdict = r.status
-        elif raw:
+        verdict = {True: "yes", False: "**no**"}.get(r.converged, "one seed")
+        if pd.isna(r.longer_steps):
+            verdict = "no longer run"
+        elif raw and not pd.isna(r.converged):
             verdict += f" (raw scores: {r.status})"
         value, later = (r.score, r.longer_score) if raw else (r.norm_score, r.longer_norm_score)
         longer = "" if pd.isna(r.longer_steps) else f"{_num(later)} ({r.longer_steps})"

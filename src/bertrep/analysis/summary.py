@@ -187,10 +187,14 @@ def _forgetting(tables: dict[str, pd.DataFrame]) -> list[str]:
     if not len(fs):
         return []
     lines = ["## Forgetting (normalized score, first → last checkpoint of the B phase)", ""]
+    best = tables["best"]
+    label = dict(zip(best.task, best.status, strict=True))
     for r in fs.itertuples():
         joint = "→" if r.mode == "sequential" else "+"
         change = (f"forgot {_fmt(r.forgotten)}" if math.isfinite(r.forgotten)
                   else f"change {_fmt(r.last - r.first)}")  # fmt: skip
+        if label.get(r.task, cells.OK) not in (cells.OK, ""):  # no normalized scores: why
+            change = f"{label[r.task]}: no normalized score"
         lines.append(f"- {r.mode} {r.task_a}{joint}{r.task_b} seed {r.seed}, {r.task} "
                      f"({r.scored}): {_fmt(r.first)} → {_fmt(r.last)} ({change})")  # fmt: skip
     return lines + [""]
@@ -252,16 +256,19 @@ def _intervals(tables: dict[str, pd.DataFrame], tasks) -> list[str]:
                 mark = " ≤" if flagged(r.near_floor) else ""
                 text.loc[r.source, r.target] += f"{_ci(r.ci_low, r.ci_high)}{mark}"
         lines += [f"{title}:", "", _table(text, "source \\ target", str), ""]
-    return lines + _widest(au[au.variant == "aufc"])
+    return lines + _widest(au[au.variant == "aufc"], tasks)
 
 
-def _widest(aufc: pd.DataFrame) -> list[str]:
-    """Per target, the widest half-width of its AuFC cells' intervals, and which cell."""
+def _widest(aufc: pd.DataFrame, tasks) -> list[str]:
+    """Per target (in the spec's order), the widest half-width of its AuFC cells'
+    intervals, and which cell."""
     half = (aufc.ci_high - aufc.ci_low).to_numpy(dtype=float) / 2
     known = aufc.assign(half=half)[np.isfinite(half)]
     if not len(known):
         return []
     widest = known.loc[known.groupby("target").half.idxmax()]
+    order = {task: i for i, task in enumerate(tasks)}
+    widest = widest.sort_values("target", key=lambda t: t.map(lambda x: order.get(x, len(order))))
     cells_ = ", ".join(f"{r.target} ±{r.half:.3f} (from {r.source})" for r in widest.itertuples())
     return [f"Widest AuFC half-width per target: {cells_}.", ""]
 

@@ -234,10 +234,9 @@ def aufc_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cells, seeds): AuFC per (source, target) as the mean over seeds, and per seed;
     beside ours the original code's variant (`aufc_paper`: every k = 1..L at
-    x = (k − 1)/L). Every cell of the matrix has a row: one without a number says why
-    in `status` (a target at chance or not learned, a source that diverged, missing k;
-    a single seed keeps its number). A seed lacking a k, or with a non-finite score, is
-    left out and listed as missing."""
+    x = (k − 1)/L). Every cell of the matrix has a row: one without a number says why in
+    `status` (its target's label, a source that diverged, missing k; a single seed keeps
+    its number). A seed lacking a k, or with a non-finite score, is left out, listed."""
     seeds, cells_ = [], []
     for source, target in inputs.pairs():
         group = scores[(scores.source == source) & (scores.target == target)]
@@ -301,8 +300,8 @@ def _aufc_cell(inputs: Inputs, source, target, group: pd.DataFrame, rule: AufcRu
 
 
 def _cell_status(inputs: Inputs, source: str, target_status: str) -> str:
-    """A transfer cell with runs: its target's status first (at chance, not learned), then
-    whether its source is a model of the source task at all (every seed diverged)."""
+    """A transfer cell with runs: its target's label first (at chance, not learned, below
+    the margin), then whether its source is a model of its task (every seed diverged)."""
     if target_status != cells.OK:
         return target_status
     return cells.DIVERGED if inputs.source_status(source) == cells.DIVERGED else cells.OK

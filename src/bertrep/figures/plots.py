@@ -7,6 +7,7 @@ heatmap and the annotated matrix, each following docs/definitions.md's conventio
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -122,8 +123,8 @@ def draw_matrix(
                     (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.55", linewidth=0
                 )
             )
-            ax.text(j, i, cells.why_empty(label), ha="center", va="center", fontsize=8,
-                    color="0.3")  # fmt: skip
+            ax.text(j, i, textwrap.fill(cells.why_empty(label), 11), ha="center",
+                    va="center", fontsize=8, color="0.3")  # fmt: skip
     ax.set_xticks(range(values.shape[1]), [name(t) for t in frame.columns])
     ax.set_yticks(range(values.shape[0]), [name(t) for t in frame.index])
     ax.set_xlabel("target task")
