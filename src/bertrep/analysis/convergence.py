@@ -99,7 +99,9 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
     lines = ["## Did the head-only trials converge?", "",
              "k = L runs against the same seeds trained longer: converged where the mean "
              "normalized score moved by less than its standard deviation over seeds (raw "
-             "scores where the target has no normalized ones: the verdict is the same).", "",
+             "scores where the target has no normalized ones: the verdict is the same). "
+             "score: the mean over every seed; longer: over the seeds trained longer; "
+             "moved: from those seeds' own scores.", "",
              "| target | source | updates | score | longer | moved | seed sd | converged |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in table.itertuples():
