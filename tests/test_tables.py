@@ -196,3 +196,20 @@ def test_an_older_runs_tables_redraw_after_conform(tmp_path):
     drawn = draw_all(conform(old), tmp_path, ("sst2", "stsb"))
     assert {p.name for p in drawn} == {"aufc.png", "aufc.pdf"}
     assert conform(old)["aufc"].status.tolist() == [""]  # logged before labels: says nothing
+
+
+def test_a_forgetting_score_panel_says_when_a_task_has_no_normalized_score():
+    """MNLI below the margin: its line is empty, and its legend entry says why."""
+    import matplotlib.pyplot as plt
+
+    from bertrep.figures.forgetting import _score_panel
+
+    rows = [{"run_id": "r", "mode": "sequential", "task_a": "sst2", "task_b": "mnli",
+             "scored": role, "task": task, "fraction": f, "norm_score": value}
+            for f in (0.0, 1.0)
+            for role, task, value in (("A", "sst2", 1.0 - f), ("B", "mnli", np.nan))]  # fmt: skip
+    fig, ax = plt.subplots()
+    _score_panel(ax, pd.DataFrame(rows), "r")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    assert labels == ["SST-2 (old task A)", "MNLI (new task B: no normalized score)"]

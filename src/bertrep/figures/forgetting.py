@@ -43,6 +43,8 @@ def _score_panel(ax, scores: pd.DataFrame, run_id: str) -> None:
     for role, g in s.groupby("scored"):
         g = g.sort_values("fraction")
         what = "old task A" if role == "A" else "new task B"
+        if not np.isfinite(g.norm_score.to_numpy(dtype=float)).any():  # a labelled target
+            what += ": no normalized score"
         ax.plot(g.fraction, g.norm_score, marker="o", label=f"{name(g.task.iloc[0])} ({what})")
     shuffled = s["mode"].iloc[0] == "shuffled"
     ax.set_xlabel("fraction of training" if shuffled else "fraction of the B phase")
