@@ -43,6 +43,8 @@ def main() -> None:
     # early stopping: patience in scores of the held-out tenth, every `eval_every` updates
     parser.add_argument("--early_stopping", type=int, default=0)
     parser.add_argument("--eval_every", type=int, default=0)
+    parser.add_argument("--schedule", default="linear")  # after warm-up: linear | constant
+    parser.add_argument("--warmup_ratio", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -61,6 +63,7 @@ def main() -> None:
     from bertrep.train import run
     from bertrep.training.config import Runtime, TrainConfig
     from bertrep.training.model import load_model
+    from bertrep.training.stopping import BEST_STEP
 
     layers = load_model(args.base_model, ["sst2"])[0].num_layers
     print(
@@ -72,6 +75,7 @@ def main() -> None:
         f"training examples, first {args.eval} dev examples, seeds {args.seeds}"
         + (f"; early stopping: patience {args.early_stopping} scores every {args.eval_every} "
            "updates on a held-out tenth of the training examples" if args.early_stopping else "")
+        + f"; warm-up {args.warmup_ratio:g}, then {args.schedule}"
     )  # fmt: skip
     print(f"{'task':<6} {'lr':>7} {'updates':>8} {'mean':>7} {'sd':>6} {'wall s':>7} "
           f"{'move/sd':>8}  scores")  # fmt: skip
@@ -80,7 +84,7 @@ def main() -> None:
         metric = get_task(task).metric
         means: dict[tuple[float, int], float] = {}
         for lr, steps in budgets:
-            scores, walls = [], []
+            scores, walls, stops = [], [], []
             for seed in (int(s) for s in args.seeds.split(",")):
                 cfg = TrainConfig(
                     task=task, base_model=args.base_model, frozen_layers=layers, lr=lr,
@@ -88,20 +92,23 @@ def main() -> None:
                     max_train_examples=args.train_examples, max_eval_examples=args.eval,
                     probe_tokens=100, data_dir=args.data_dir, save_checkpoint=False,
                     diverge_margin=0.0, best_score=1.0, early_stopping=args.early_stopping,
-                    eval_every=args.eval_every,
+                    eval_every=args.eval_every, schedule=args.schedule,
+                    warmup_ratio=args.warmup_ratio,
                 )  # fmt: skip
                 start = time.perf_counter()
                 run_id = run(cfg, Runtime(progress=False, reuse_tables=False))
                 walls.append(time.perf_counter() - start)
                 metrics = mlflow.get_run(run_id).data.metrics
                 scores.append(metrics[tracking.eval_metric(metric)])
+                stops.append(int(metrics.get(BEST_STEP, steps)))
             mean, sd = statistics.mean(scores), statistics.stdev(scores)
             means[(lr, steps)] = mean
             half = means.get((lr, steps // 2))
             move = f"{abs(mean - half) / sd:8.2f}" if half is not None and sd > 0 else " " * 8
             print(f"{task:<6} {lr:7.0e} {steps:8d} {mean:7.3f} {sd:6.3f} "
                   f"{statistics.mean(walls):7.1f} {move}  "
-                  + " ".join(f"{s:.3f}" for s in scores), flush=True)  # fmt: skip
+                  + " ".join(f"{s:.3f}" for s in scores)
+                  + (f"  best at {stops}" if args.early_stopping else ""), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def test_bad_values_are_clear_errors():
         TrainConfig(frozen_layers=-1)
     with pytest.raises(ValueError, match="'2.5' is not an integer"):
         TrainConfig.from_dict({"seed": "2.5"})
+    with pytest.raises(ValueError, match="schedule='cosine' is out of range"):
+        TrainConfig(schedule="cosine")
 
 
 def test_config_key_is_stable_and_sensitive():
@@ -164,6 +166,6 @@ def test_parameters_added_later_keep_stored_keys_at_their_defaults(tiny_model, d
     base = TrainConfig(base_model=str(tiny_model), data_dir=str(data_dir), task="sst2")
     assert TrainConfig(**{**base.__dict__, **KEYED_OFF_DEFAULT}).key() == base.key()
     others = {"pooling": "mean", "head_dropout": 0.2, "untie_blocks": True, "word_probes": "first"}
-    others["head_lr"] = 1e-3
+    others |= {"head_lr": 1e-3, "schedule": "constant"}
     keys = {base.key()} | {TrainConfig(**{**base.__dict__, k: v}).key() for k, v in others.items()}
-    assert len(keys) == 6
+    assert len(keys) == 7

@@ -84,3 +84,33 @@ def test_the_kept_weights_score_the_best_dev_score(tiny_model, data_dir, mlflow_
     again = evaluate(ctx, model, task, held_out)["accuracy"]
     assert again == pytest.approx(best.value, abs=1e-9)
     assert np.isfinite(client.get_run(run_id).data.metrics[tracking.FINAL_SCORE])
+
+
+def test_a_constant_rate_makes_a_longer_budget_repeat_a_run_that_stopped(
+    tiny_model, data_dir, mlflow_store
+):
+    """Without warm-up and at a constant rate, a run that early-stopped before its
+    max_steps is repeated update for update by the same run with twice the max_steps: the
+    same losses, the same stop, the same score (what the convergence check of a stopped
+    head-only trial reads). With linear decay the rate depends on max_steps from the
+    second update on: the losses part after it."""
+    common = dict(lr=3e-3, warmup_ratio=0.0, eval_every=2, early_stopping=3)
+    client = MlflowClient()
+
+    def history(run_id):
+        losses = client.get_metric_history(run_id, tracking.LOSS)
+        return [m.value for m in sorted(losses, key=lambda m: m.step)]
+
+    runs = [
+        run(stopping_run(tiny_model, data_dir, schedule=schedule, max_steps=steps, **common), QUIET)
+        for schedule in ("constant", "linear") for steps in (100, 200)
+    ]  # fmt: skip
+    constant, constant_longer, linear, linear_longer = runs
+    stopped = len(history(constant))
+    assert stopped < 100  # it stopped on its own (a fixed, seeded outcome)
+    assert history(constant_longer) == history(constant)
+    metrics = [client.get_run(r).data.metrics for r in (constant, constant_longer)]
+    assert metrics[0][BEST_STEP] == metrics[1][BEST_STEP] == stopped - 3 * 2
+    assert metrics[0][tracking.FINAL_SCORE] == metrics[1][tracking.FINAL_SCORE]
+    first, second = history(linear), history(linear_longer)
+    assert first[:2] == second[:2] and first[2] != second[2]

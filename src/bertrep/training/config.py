@@ -26,6 +26,7 @@ from bertrep.errors import InputError
 
 MODES = ("single", "sequential", "shuffled", "extract")
 POOLINGS = ("auto", "pooler", "first", "mean")
+SCHEDULES = ("linear", "constant")
 # Fields added after stores held runs: at these defaults they stay out of the config key,
 # so runs stored before them keep their keys (and are found, resumed and skipped).
 KEYED_OFF_DEFAULT = {
@@ -35,6 +36,7 @@ KEYED_OFF_DEFAULT = {
     "word_probes": "",
     "head_lr": 0.0,
     "early_stopping": 0,
+    "schedule": "linear",
 }
 TWO_TASK_MODES = ("sequential", "shuffled")  # A = source_task, then or mixed with B = task
 # What of a local base_model folder makes the model: config, heads, tokenizer, weights.
@@ -69,6 +71,9 @@ class TrainConfig:
     batch_size: int = 32
     max_steps: int = 2000
     warmup_ratio: float = 0.1
+    # after warm-up: linear decay to 0 at max_steps | constant. Constant, without warm-up,
+    # makes a run with more max_steps repeat a shorter one update for update
+    schedule: str = "linear"
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     # data
@@ -121,6 +126,7 @@ class TrainConfig:
         }
         checks["sampling"] = self.sampling in ("uniform", "proportional")
         checks["pooling"] = self.pooling in POOLINGS
+        checks["schedule"] = self.schedule in SCHEDULES
         checks["head_dropout"] = 0 <= self.head_dropout < 1
         checks["word_probes"] = self.word_probes in ("", "first", "mean")
         checks["source_steps"] = self.source_steps >= 0

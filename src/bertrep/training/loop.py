@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from bertrep import tracking
 from bertrep.data.encode import (
@@ -139,9 +139,10 @@ def log_eval(ctx: Context, model: TaskModel, task: TaskData, step: int) -> dict[
 
 
 def make_optimizer(ctx: Context, model: TaskModel, steps: int):
-    """AdamW (bias-corrected, no decay on biases and norms), linear warm-up then decay;
-    the heads (and BERT's pooler) at `head_lr` when it is set, the encoder at `lr`. The
-    fused kernel (one pass over all parameters, on CPU and GPU) is what Trainer uses too."""
+    """AdamW (bias-corrected, no decay on biases and norms), linear warm-up, then linear
+    decay to 0 at `steps` or a constant rate (`schedule`); the heads (and BERT's pooler)
+    at `head_lr` when it is set, the encoder at `lr`. The fused kernel (one pass over all
+    parameters, on CPU and GPU) is what Trainer uses too."""
     cfg = ctx.cfg
     heads = {id(p) for p in ctx.accelerator.unwrap_model(model).head_parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -155,7 +156,11 @@ def make_optimizer(ctx: Context, model: TaskModel, steps: int):
         ]
         groups[-2]["lr"] = groups[-1]["lr"] = lr
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=True)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
+    warmup = int(cfg.warmup_ratio * steps)
+    if cfg.schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    else:
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
     return ctx.accelerator.prepare(optimizer, scheduler)
 
 
