@@ -1,7 +1,8 @@
 """Load: 16 processes writing at once through the sweep's tracking setup (a SQLite store
 served by `bertrep.tracking.server`'s `mlflow server`), each logging two metrics at every one of
 300 steps as trials do (batched), one more sent alone at each of the first 60 steps (a
-request each), and three artifacts. Every point and every byte must arrive."""
+request each), and three artifacts; first, all log the same new probe set as a dataset
+input, as trials that start together do. Every point and every byte must arrive."""
 
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ WRITER = """
 import sys
 from pathlib import Path
 import mlflow
+import pandas as pd
 from bertrep import tracking
 
 i, steps, direct, folder = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 with tracking.start_run("load", tags={"writer": str(i)}) as run:
+    probe = {"task": "sst2", "split": "validation", "rows": 2, "max_length": 64, "seed": 0}
+    rows = pd.DataFrame({"sentence": [0, 1], "position": [1, 2], "token_id": [7, 9]})
+    tracking.log_probe_input(rows, probe | {"file": "hf://glue/sst2", "digest": "c" * 16})
     logger = tracking.MetricLogger(run.info.run_id, every=50)
     client = mlflow.MlflowClient()
     for step in range(steps):
@@ -84,6 +89,8 @@ def test_sixteen_writers_through_the_sweeps_server_lose_nothing(tmp_path):
             history = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)
             assert [m.step for m in history] == list(range(len(values))), (key, i)
             assert [m.value for m in history] == pytest.approx(values)
+        (probe,) = r.inputs.dataset_inputs  # one stored set, linked to every run
+        assert (probe.dataset.name, probe.dataset.digest) == ("sst2-probe", "c" * 16)
         # the artifacts went through the server, into the folder beside the store
         assert r.info.artifact_uri.startswith("mlflow-artifacts:/")
         for name in ("a.bin", "b.bin", "c.txt"):

@@ -324,7 +324,14 @@ def log_probe_input(rows, meta: dict) -> None:
             rows, source=source, name=probe_dataset_name(meta["task"]), digest=meta["digest"]
         )
         tags = {k: str(meta[k]) for k in ("task", "split", "rows", "max_length", "seed")}
-        mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)  # infers the schema
+        try:
+            mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)  # infers the schema
+        except mlflow.exceptions.MlflowException as error:
+            # Two runs that log a new probe set at once both find it missing and insert
+            # it; the second insert fails. The set is stored now: logging again links it.
+            if "UNIQUE constraint failed" not in str(error):
+                raise
+            mlflow.log_input(dataset, context=PROBE_CONTEXT, tags=tags)
 
 
 def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:
