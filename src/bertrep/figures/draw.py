@@ -34,7 +34,7 @@ from bertrep.analysis.tables import matrix
 from bertrep.data.tasks import TASKS
 from bertrep.figures.across import across_figures
 from bertrep.figures.forgetting import forgetting_figures
-from bertrep.figures.plots import draw_matrix, headline, heatmap, name, save
+from bertrep.figures.plots import draw_matrix, headline, heatmap, label_points, name, save
 from bertrep.figures.uncertainty import (
     interval_figures,
     predictor_figure,
@@ -186,17 +186,9 @@ def scatter(tables: dict, folder: Path, tasks) -> list[Path]:
     if not both.any():
         return []
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
-    for s in tasks:
-        for t in tasks:
-            if s != t and np.isfinite(x.loc[s, t]) and np.isfinite(y.loc[s, t]):
-                ax.scatter(x.loc[s, t], y.loc[s, t], color="tab:blue")
-                ax.annotate(
-                    f"{name(s)}→{name(t)}",
-                    (x.loc[s, t], y.loc[s, t]),
-                    fontsize=7,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                )
+    points = [(x.loc[s, t], y.loc[s, t], f"{name(s)}→{name(t)}") for s in tasks for t in tasks
+              if s != t and np.isfinite(x.loc[s, t]) and np.isfinite(y.loc[s, t])]  # fmt: skip
+    ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
     corr = tables["correlation"]
     row = corr[(corr.x == f"mean_cka/{estimator}") & (corr.y == "aufc")]
     note = ""
@@ -208,6 +200,7 @@ def scatter(tables: dict, folder: Path, tasks) -> list[Path]:
     ax.set_title(f"Mean-CKA vs AuFC (source ≠ target){note}", fontsize=9)
     ax.set_xlabel(f"Mean-CKA ({estimator})")
     ax.set_ylabel("AuFC")
+    label_points(ax, points)
     return save(fig, folder, "mean_cka_vs_aufc")
 
 

@@ -3,6 +3,7 @@ heatmap and the annotated matrix, each following docs/definitions.md's conventio
 
     image = heatmap(ax, profile_rows, "SST-2", xlabel="layer, seed 0", ylabel="layer, seed 1")
     image = draw_matrix(ax, frame, title="AuFC")      # rows sources, columns targets
+    label_points(ax, [(x, y, "SST-2→POS"), ...])      # labels beside points, apart
 """
 
 from __future__ import annotations
@@ -35,6 +36,41 @@ def save(fig, folder: Path, name: str) -> list[Path]:
     fig.savefig(out[1], bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+# where a point's label may go, in points from it: right above, right below, left above,
+# left below, then further out
+LABEL_OFFSETS = [
+    (3, 3, "left", "bottom"), (3, -3, "left", "top"), (-3, 3, "right", "bottom"),
+    (-3, -3, "right", "top"), (3, 12, "left", "bottom"), (3, -12, "left", "top"),
+]  # fmt: skip
+
+
+def label_points(ax, points: list[tuple[float, float, str]], fontsize: float = 7) -> list:
+    """Write each label beside its point, at the first place of LABEL_OFFSETS where it
+    overlaps no label written before and stays inside the axes (else the first place):
+    nearby points keep legible labels. Returns the annotations."""
+    renderer = ax.figure.canvas.get_renderer()
+    ax.autoscale_view()
+    frame = ax.get_window_extent(renderer)
+    placed, boxes = [], []
+    for x, y, text in points:
+        for dx, dy, ha, va in LABEL_OFFSETS:
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                               fontsize=fontsize, ha=ha, va=va)  # fmt: skip
+            box = note.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+            if inside and box.y1 <= frame.y1 and not any(box.overlaps(b) for b in boxes):
+                break
+            note.remove()
+        else:
+            dx, dy, ha, va = LABEL_OFFSETS[0]
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                               fontsize=fontsize, ha=ha, va=va)  # fmt: skip
+            box = note.get_window_extent(renderer)
+        placed.append(note)
+        boxes.append(box)
+    return placed
 
 
 def headline(frame: pd.DataFrame) -> pd.DataFrame:
