@@ -3,11 +3,12 @@ training, the runs and their small activation tables logged with the project's o
 functions (tracking, sweep_runs, activations), so each outcome is exact and cheap.
 
 Each case is one store: a target whose full fine-tuning scores exactly chance, one whose
-best is below chance, a source whose every seed diverged, a grid of one seed, a target
-without its k = L trial, a task without activation tables, a constant layer, a single
-task in the whole store, and all of them at once. The analysis must finish FINISHED on
-each, label every cell without a number (bertrep.analysis.cells), keep numeric columns numeric,
-and `bertrep.figures` must redraw every figure, none of them blank.
+best is below chance, one above chance by less than the analysis spec's margin, a source
+whose every seed diverged, a grid of one seed, a target without its k = L trial, a task
+without activation tables, a constant layer, a single task in the whole store, and all
+of them at once. The analysis must finish FINISHED on each, label every cell without a
+number (bertrep.analysis.cells), keep numeric columns numeric, and `bertrep.figures`
+must redraw every figure, none of them blank.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bertrep.analysis import cells
 from bertrep.analysis.cells import FLAG, FLOAT, INT
 from bertrep.analysis.collect import read_tables
 from bertrep.analysis.spec import spec_from_dict
-from bertrep.analyze import analyze
+from bertrep.analyze import MORE_UPDATES, analyze
 from bertrep.data import activations
 from bertrep.data.probe_sets import ProbeSet
 from bertrep.figures import redraw
@@ -53,6 +54,7 @@ class Case:
     no_last_k: tuple[str, ...] = ()  # targets without their k = L trials
     no_tables: tuple[str, ...] = ()  # tasks whose runs log no activation table
     constant_layer: int | None = None  # a hidden state constant in every table
+    min_margin: float = 0.0  # the analysis spec's aufc.min_margin
 
 
 def _probe(task: str) -> ProbeSet:
@@ -171,6 +173,7 @@ CASES = {
     "healthy": Case(),
     "target at chance": Case(at_chance=("sst2",)),
     "best below chance": Case(below_chance=("stsb",)),
+    "below the margin": Case(min_margin=0.35),  # SST-2: best 0.8, chance 0.5
     "source diverged": Case(diverged=("pos",)),
     "one seed": Case(seeds=(0,)),
     "no k = L trial": Case(no_last_k=("sst2",)),
@@ -194,7 +197,8 @@ def analyse(case: Case, tmp: Path) -> tuple[mlflow.entities.Run, dict[str, pd.Da
     build(case, tmp)
     spec = spec_from_dict(
         {"name": "synthetic", "experiment": "synthetic", "sweeps": {"aufc": "synthetic-aufc"},
-         "tasks": list(case.tasks), "bootstrap": {"replicates": 20}, "subgroup_min_tokens": 4},
+         "tasks": list(case.tasks), "bootstrap": {"replicates": 20}, "subgroup_min_tokens": 4,
+         "aufc": {"min_margin": case.min_margin}},
     )  # fmt: skip
     run = analyze(spec)
     return run, read_tables(run.info.run_id, tmp / "tables")
@@ -268,6 +272,11 @@ def expect_labels(case: Case, tables) -> None:
                 assert best.status == status == k0_status == cells.AT_CHANCE
             elif target in case.below_chance:
                 assert best.status == status == k0_status == cells.NOT_LEARNED
+            elif BEST[target] - CHANCE[target] < case.min_margin:
+                assert best.status == status == k0_status == cells.BELOW_MARGIN
+                missing = tables["missing"]
+                said = missing[missing.detail == f"{source}->{target}: {cells.BELOW_MARGIN}"]
+                assert len(said) and set(said.command) == {MORE_UPDATES}
             elif target in case.diverged:
                 assert best.status == status == k0_status == cells.DIVERGED
             elif source in case.diverged:

@@ -141,10 +141,16 @@ def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
             "predictors", shootout, out, inputs.tasks, spec.bootstrap
         )
     table("missing", _missing_cells, inputs, out)
-    rows = [{"what": m.what, "detail": m.detail, "command": sweep_command(m.kind, inputs.setting)}
+    rows = [{"what": m.what, "detail": m.detail,
+             "command": sweep_command(m.kind, inputs.setting) if m.kind else MORE_UPDATES}
             for m in inputs.missing]  # fmt: skip
     out["missing"] = typed(pd.DataFrame(rows).drop_duplicates(), MISSING_COLUMNS)
     return out
+
+
+# what gives a target below the margin its numbers: no sweep of the same spec would
+MORE_UPDATES = ("more updates for the target's full fine-tuning (max_steps in the sweep "
+                "specs), or a lower aufc.min_margin in the analysis spec")  # fmt: skip
 
 
 def _setting(spec: AnalysisSpec) -> str:
@@ -170,8 +176,8 @@ def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:
             why = status.loc[source, target]
             if why == cells.MISSING:
                 why = "source = target: not in the sweep's grid" if source == target else "no runs"
-            detail = f"{source}->{target}: {why}"
-            inputs.missing.append(Missing(name, detail, "aufc"))
+            kind = "" if why == cells.BELOW_MARGIN else "aufc"  # no sweep of this spec helps
+            inputs.missing.append(Missing(name, f"{source}->{target}: {why}", kind))
 
 
 def _run_row(run: TrainRun) -> dict:

@@ -33,11 +33,11 @@ BASE = tracking.BASE_SOURCE  # the row of the pretrained model
 @dataclass
 class Missing:
     """What the analysis could not find, and the kind of sweep that would produce it (the
-    `missing` table gives its command, `sweep_command`)."""
+    `missing` table gives its command, `sweep_command`; "" where no sweep would)."""
 
     what: str
     detail: str
-    kind: str = "aufc"  # single | aufc | forgetting
+    kind: str = "aufc"  # single | aufc | forgetting | ""
 
 
 @dataclass
