@@ -277,6 +277,10 @@ def expect_labels(case: Case, tables) -> None:
                 missing = tables["missing"]
                 said = missing[missing.detail == f"{source}->{target}: {cells.BELOW_MARGIN}"]
                 assert len(said) and set(said.command) == {MORE_UPDATES}
+                best_b = missing[missing.what == "best_B"]
+                assert set(best_b[best_b.detail.str.startswith(f"{target}:")].command) == {
+                    MORE_UPDATES
+                }
             elif target in case.diverged:
                 assert best.status == status == k0_status == cells.DIVERGED
             elif source in case.diverged:
