@@ -28,7 +28,7 @@ from bertrep.analysis import cells
 from bertrep.analysis.cells import FLAG, FLOAT, INT
 from bertrep.analysis.collect import read_tables
 from bertrep.analysis.spec import spec_from_dict
-from bertrep.analyze import MORE_UPDATES, analyze
+from bertrep.analyze import analyze
 from bertrep.data import activations
 from bertrep.data.probe_sets import ProbeSet
 from bertrep.figures import redraw
@@ -247,6 +247,8 @@ def test_the_analysis_finishes_and_labels_every_outcome(name, mlflow_store, tmp_
     summary = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{tracking.ANALYSIS_SUMMARY}")
     for label in set(tables["aufc"].status) - {cells.OK}:
         assert f"*{label}*: {cells.MEANING[label]}" in summary
+    if case.min_margin:  # the remedy in words, not as a command
+        assert f"— {cells.MORE_UPDATES}\n" in summary and f"`{cells.MORE_UPDATES}`" not in summary
     drawn = redraw(run.info.run_id, tmp_path / "figures")
     pngs = [p for p in drawn if p.suffix == ".png"]
     assert pngs
@@ -276,10 +278,10 @@ def expect_labels(case: Case, tables) -> None:
                 assert best.status == status == k0_status == cells.BELOW_MARGIN
                 missing = tables["missing"]
                 said = missing[missing.detail == f"{source}->{target}: {cells.BELOW_MARGIN}"]
-                assert len(said) and set(said.command) == {MORE_UPDATES}
+                assert len(said) and set(said.command) == {cells.MORE_UPDATES}
                 best_b = missing[missing.what == "best_B"]
                 assert set(best_b[best_b.detail.str.startswith(f"{target}:")].command) == {
-                    MORE_UPDATES
+                    cells.MORE_UPDATES
                 }
             elif target in case.diverged:
                 assert best.status == status == k0_status == cells.DIVERGED

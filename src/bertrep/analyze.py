@@ -142,15 +142,10 @@ def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
         )
     table("missing", _missing_cells, inputs, out)
     rows = [{"what": m.what, "detail": m.detail,
-             "command": sweep_command(m.kind, inputs.setting) if m.kind else MORE_UPDATES}
+             "command": sweep_command(m.kind, inputs.setting) if m.kind else cells.MORE_UPDATES}
             for m in inputs.missing]  # fmt: skip
     out["missing"] = typed(pd.DataFrame(rows).drop_duplicates(), MISSING_COLUMNS)
     return out
-
-
-# what gives a target below the margin its numbers: no sweep of the same spec would
-MORE_UPDATES = ("more updates for the target's full fine-tuning (max_steps in the sweep "
-                "specs), or a lower aufc.min_margin in the analysis spec")  # fmt: skip
 
 
 def _setting(spec: AnalysisSpec) -> str:

@@ -28,6 +28,10 @@ DIVERGED = "diverged"  # every run it needs diverged (tagged, or not above chanc
 SINGLE_SEED = "single seed"  # one seed: no interval (AuFC), no pair of seeds (Mean-CKA)
 UNDEFINED = "undefined"  # inputs exist, the formula does not apply (a constant layer's CKA)
 
+# what gives a target below the margin its numbers (the missing table's remedy, where
+# no sweep of the same spec would)
+MORE_UPDATES = ("more updates for the target's full fine-tuning (max_steps in the sweep "
+                "specs), or a lower aufc.min_margin in the analysis spec")  # fmt: skip
 LABELS = (OK, MISSING, AT_CHANCE, NOT_LEARNED, BELOW_MARGIN, DIVERGED, SINGLE_SEED, UNDEFINED)
 
 MEANING = {

@@ -204,8 +204,15 @@ def _missing(tables: dict[str, pd.DataFrame]) -> list[str]:
     missing = tables["missing"]
     lines = ["## Missing inputs", ""]
     if len(missing):
-        return lines + [f"- {r.what}: {r.detail} — `{r.command}`" for r in missing.itertuples()]
+        return lines + [
+            f"- {r.what}: {r.detail} — {_command(r.command)}" for r in missing.itertuples()
+        ]
     return lines + ["None: every cell was computed."]
+
+
+def _command(text: str) -> str:
+    """A sweep command as code; the remedy that is no command (more updates) as words."""
+    return text if text == cells.MORE_UPDATES else f"`{text}`"
 
 
 def level_text(*frames: pd.DataFrame) -> str:
