@@ -54,20 +54,19 @@ def label_points(ax, points: list[tuple[float, float, str]], fontsize: float = 7
     ax.autoscale_view()
     frame = ax.get_window_extent(renderer)
     placed, boxes = [], []
+
+    def fits(box) -> bool:
+        inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+        return inside and box.y1 <= frame.y1 and not any(box.overlaps(b) for b in boxes)
+
     for x, y, text in points:
-        for dx, dy, ha, va in LABEL_OFFSETS:
+        for i, (dx, dy, ha, va) in enumerate([*LABEL_OFFSETS, LABEL_OFFSETS[0]]):
             note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                                fontsize=fontsize, ha=ha, va=va)  # fmt: skip
             box = note.get_window_extent(renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
-            if inside and box.y1 <= frame.y1 and not any(box.overlaps(b) for b in boxes):
+            if i == len(LABEL_OFFSETS) or fits(box):  # the last try: the first place
                 break
             note.remove()
-        else:
-            dx, dy, ha, va = LABEL_OFFSETS[0]
-            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
-                               fontsize=fontsize, ha=ha, va=va)  # fmt: skip
-            box = note.get_window_extent(renderer)
         placed.append(note)
         boxes.append(box)
     return placed
