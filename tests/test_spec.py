@@ -63,9 +63,10 @@ def test_paper_spec_is_the_papers_setting():
 
 def test_quick_spec_is_its_documented_recipe():
     """docs/sweeps.md's quick recipe: three seeds; k = 0 and 3 at 100 updates of lr 1e-4;
-    k = 6 head-only at a constant 1e-2 without warm-up, stopped after 10 held-out scores
-    (one per 100 updates) without a better one, capped at its target's budget, and every
-    seed again at twice the cap; MNLI scored on its whole 1,000-pair dev sample."""
+    k = 6 head-only at a constant rate without warm-up (3e-3 for the sentence tasks, 1e-2
+    for POS), stopped after 10 held-out scores (one per 100 updates) without a better one,
+    capped at 8,000 updates, and every seed again at twice the cap; MNLI scored on its whole
+    1,000-pair dev sample."""
     quick = [c for c in trials(load_spec(REPO / "sweeps" / "quick" / "aufc.yaml"))
              if c.mode != "extract"]  # fmt: skip
     assert {c.frozen_layers for c in quick} == {0, 3, 6} and {c.seed for c in quick} == {0, 1, 2}
@@ -76,15 +77,15 @@ def test_quick_spec_is_its_documented_recipe():
     assert {(c.schedule, c.warmup_ratio) for c in partial} == {("linear", 0.1)}
     assert len(partial) == 4 * 4 * 2 * 3  # 16 cells (base and 3 sources), k = 0 and 3, 3 seeds
     head_only = [c for c in quick if c.frozen_layers == 6]
-    recipe = {(c.head_lr, c.schedule, c.warmup_ratio, c.eval_every, c.early_stopping)
-              for c in head_only}  # fmt: skip
-    assert recipe == {(1e-2, "constant", 0.0, 100, 10)}
-    budget = {"mnli": 4000, "stsb": 4000, "sst2": 4000, "pos": 8000}
-    for task, steps in budget.items():
-        runs = {(c.source_task, c.seed, c.max_steps) for c in head_only if c.task == task}
+    recipe = {(c.schedule, c.warmup_ratio, c.eval_every, c.early_stopping) for c in head_only}
+    assert recipe == {("constant", 0.0, 100, 10)}
+    head_lr = {"mnli": 3e-3, "stsb": 3e-3, "sst2": 3e-3, "pos": 1e-2}
+    for task, rate in head_lr.items():
+        runs = {(c.source_task, c.seed, c.max_steps, c.head_lr)
+                for c in head_only if c.task == task}  # fmt: skip
         sources = {"base", "mnli", "stsb", "sst2", "pos"} - {task}
-        caps = (steps, 2 * steps)
-        assert runs == {(s, seed, n) for s in sources for seed in (0, 1, 2) for n in caps}
+        caps = (8000, 16000)
+        assert runs == {(s, seed, n, rate) for s in sources for seed in (0, 1, 2) for n in caps}
     assert {c.max_eval_examples for c in quick if c.task == "mnli"} == {1000}
     assert {c.max_eval_examples for c in quick if c.task != "mnli"} == {300}
     # only the sources and the read-out extract on every probe set
