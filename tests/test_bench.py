@@ -28,3 +28,39 @@ def test_gpu_training_bench_runs_on_the_cpu_with_a_tiny_setting(tmp_path):
     # a packed run reports each of its processes, and the cache its first update
     assert " ".join(rows["ours, 2 trials packed"]).count(",") == 1
     assert "builds the cache" in " ".join(rows["ours, k = 2, cache"])
+
+
+def test_seed_budget_reproduces_the_analysis_intervals_with_every_seed(smoke_study, tmp_path):
+    """bench/seed_budget.py on the smoke study (two seeds: one subset, both): its widest
+    half-width per target is the analysis' own AuFC intervals', and its trials cost time."""
+    import mlflow
+    import pandas as pd
+
+    from bertrep import env, tracking
+    from bertrep.tracking import server
+
+    store = smoke_study["env"]
+    bench = REPO / "bench" / "seed_budget.py"
+    done = subprocess.run([sys.executable, str(bench)], env=store, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["seeds", "subset"])
+    names, row = lines[header].split(), lines[header + 1].split()
+    assert len(lines) == header + 2 and row[:2] == ["2", "0,1"] and float(row[2]) > 0
+    printed = dict(zip(names[3:], map(float, row[3:]), strict=True))
+    with server.serve(store[env.MLFLOW_TRACKING_URI], tmp_path / "server") as uri:
+        with server.tracking_at(uri):
+            query = f"tags.`{tracking.KIND}` = '{tracking.ANALYSIS_KIND}' and status = 'FINISHED'"
+            run = mlflow.search_runs(search_all_experiments=True, filter_string=query,
+                                     order_by=["attributes.start_time DESC"],
+                                     output_format="list")[0]  # fmt: skip
+            folder = mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=f"{tracking.TABLES_DIR}/aufc.parquet",
+                dst_path=str(tmp_path))  # fmt: skip
+    cells = pd.read_parquet(folder)
+    ok = cells[(cells.variant == "aufc") & (cells.status == "ok")]
+    expected = ((ok.ci_high - ok.ci_low) / 2).groupby(ok.target).max()
+    assert sorted(printed) == sorted(expected.index)
+    for target, half in expected.items():
+        assert printed[target] == pytest.approx(half, abs=6e-4), target

@@ -1,0 +1,103 @@
+"""AuFC interval widths against the number of seeds, measured on one study's store: the
+trade-off behind the quick setting's three seeds (docs/sweeps.md, "Three seeds").
+
+    MLFLOW_TRACKING_URI=sqlite:///mlflow.db python bench/seed_budget.py
+
+It reads the newest finished analysis run (or --run) and its per-seed AuFC values
+(tables/aufc_seeds) and cells (tables/aufc). For every n from 2 to the number of seeds
+the store holds, and for every subset of n seeds, each AuFC cell of a learned target
+(status ok) gets the mean of its n seeds and their 95% t-interval. The interval is
+computed by the analysis' own function (analysis.intervals.aufc_intervals), so the
+subset of all seeds reproduces the analysis' intervals.
+
+Printed per n:
+- per target, the widest half-width over its cells: the mean over subsets and the
+  largest;
+- what the subset's trials cost: the summed wall time of every run of those seeds in
+  the three sweeps (end − start), divided by the trials a sweep runs at once (--workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from bertrep import tracking  # noqa: E402
+from bertrep.analysis.intervals import BootstrapRule, aufc_intervals  # noqa: E402
+from bertrep.tracking import server  # noqa: E402
+
+HEADLINE = "aufc"  # the variant the README and docs/results.md report
+
+
+def widths(cells: pd.DataFrame, seeds: pd.DataFrame, subset: tuple[int, ...]) -> pd.Series:
+    """Per target, the widest AuFC half-width over its learned cells with `subset`'s seeds."""
+    learned = cells[(cells.variant == HEADLINE) & (cells.status == "ok")].copy()
+    mine = seeds[(seeds.variant == HEADLINE) & seeds.seed.isin(subset)]
+    means = mine.groupby(["source", "target"]).value.mean()
+    learned["value"] = [means.get((c.source, c.target), np.nan) for c in learned.itertuples()]
+    ci = aufc_intervals(learned, mine, BootstrapRule())
+    return ((ci.ci_high - ci.ci_low) / 2).groupby(ci.target).max()
+
+
+def trial_minutes(runs: pd.DataFrame, subset: tuple[int, ...], workers: int) -> float:
+    """The summed wall time of the subset's seeds' runs, over the trials run at once."""
+    mine = runs[runs["params.seed"].isin([str(s) for s in subset])]  # trials only
+    seconds = (mine.end_time - mine.start_time).dt.total_seconds().sum()
+    return seconds / workers / 60
+
+
+def table(run, runs: pd.DataFrame, workers: int, tmp: str) -> pd.DataFrame:
+    """One row per n and subset: its trials' minutes and per-target widest half-width."""
+    folder = Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=tracking.TABLES_DIR, dst_path=tmp))  # fmt: skip
+    cells = pd.read_parquet(folder / "aufc.parquet")
+    seeds = pd.read_parquet(folder / "aufc_seeds.parquet")
+    held = sorted(seeds.seed.unique())
+    rows = []
+    for n in range(2, len(held) + 1):
+        for subset in itertools.combinations(held, n):
+            row = {"seeds": n, "subset": ",".join(map(str, subset)),
+                   "minutes": trial_minutes(runs, subset, workers)}  # fmt: skip
+            rows.append(row | widths(cells, seeds, subset).to_dict())
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", default="", help="an analysis run id (default: the newest)")
+    parser.add_argument("--workers", type=int, default=2, help="trials a sweep runs at once")
+    args = parser.parse_args()
+    store = mlflow.get_tracking_uri()
+    with tempfile.TemporaryDirectory() as tmp, server.serve(store, Path(tmp) / "server") as uri:
+        with server.tracking_at(uri):
+            query = f"tags.`{tracking.KIND}` = '{tracking.ANALYSIS_KIND}' and status = 'FINISHED'"
+            found = mlflow.search_runs(search_all_experiments=True, filter_string=query,
+                                       order_by=["attributes.start_time DESC"],
+                                       output_format="list")  # fmt: skip
+            run = mlflow.get_run(args.run) if args.run else found[0]
+            experiment = run.info.experiment_id
+            runs = mlflow.search_runs([experiment])
+            rows = table(run, runs, args.workers, tmp)
+    targets = [c for c in rows.columns if c not in ("seeds", "subset", "minutes")]
+    print(f"# store {store}, analysis run {run.info.run_id}")
+    print(f"# widest 95% AuFC half-width per learned target: mean over subsets (largest); "
+          f"trial minutes: summed run wall time / {args.workers} workers")  # fmt: skip
+    print(f"{'seeds':>5} {'subsets':>7} {'minutes':>8}  " + "  ".join(f"{t:>15}" for t in targets))
+    for n, group in rows.groupby("seeds"):
+        cols = [f"{group[t].mean():.3f} ({group[t].max():.3f})" for t in targets]
+        print(f"{n:>5} {len(group):>7} {group.minutes.mean():>8.1f}  "
+              + "  ".join(f"{c:>15}" for c in cols))  # fmt: skip
+    print(rows.round(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
