@@ -12,14 +12,14 @@ from bertrep.analysis.convergence import convergence_table, split_longer, summar
 from bertrep.analysis.tables import SCORE_COLUMNS
 
 
-def rows(target, source, k, steps, norms, status=cells.OK, first_seed=0):
+def rows(target, source, k, steps, norms, status=cells.OK, first_seed=0, diverged=False):
     """Runs whose raw score is 0.5 + 0.4 * norm (chance 0.5, best 0.9); a target with a
     label instead of normalized scores keeps only the raw ones."""
     return [
         {"target": target, "source": source, "frozen_layers": k, "seed": first_seed + i,
          "max_steps": steps, "num_layers": 6, "score": 0.5 + 0.4 * v,
          "norm_score": v if status == cells.OK else float("nan"), "status": status,
-         "run_id": f"{target}-{source}-{k}-{steps}-{first_seed + i}"}
+         "diverged": diverged, "run_id": f"{target}-{source}-{k}-{steps}-{first_seed + i}"}
         for i, v in enumerate(norms)
     ]  # fmt: skip
 
@@ -114,3 +114,24 @@ def test_a_seed_without_a_score_is_left_out_not_the_cell():
     (row,) = convergence_table(*split_longer(found)).itertuples()
     assert row.seed_sd == pytest.approx(0.1414, abs=1e-4) and row.move == pytest.approx(0.05)
     assert row.converged == True and row.status == cells.OK  # noqa: E712
+
+
+def test_a_cell_whose_every_seed_diverged_passes_but_is_named():
+    """A head stuck on one class on every seed scores the same trained longer: it passes
+    the check (move 0), and the table and the printed check say every seed diverged. One
+    diverged seed of three is not named."""
+    found = typed([*rows("sst2", "stsb", 6, 500, [0.0, 0.0, 0.0], diverged=True),
+                   *rows("sst2", "stsb", 6, 1000, [0.0, 0.0, 0.0], diverged=True),
+                   *rows("sst2", "pos", 6, 500, [0.0, 0.5, 0.6]),
+                   *rows("sst2", "pos", 6, 1000, [0.0, 0.5, 0.6])], SCORE_COLUMNS)  # fmt: skip
+    found.loc[found.run_id == "sst2-pos-6-500-0", "diverged"] = True
+    table = convergence_table(*split_longer(found)).set_index("source")
+    assert table.loc["stsb"].diverged_seeds == 3 and table.loc["stsb"].converged == True  # noqa: E712
+    assert table.loc["pos"].diverged_seeds == 1 and table.loc["pos"].move == 0.0
+    text = "\n".join(summary_lines(table.reset_index()))
+    assert (
+        "| sst2 | stsb | 500 | 0.000 | 0.000 (1000) | 0.000 | 0.000 | yes, every seed diverged |"
+        in text
+    )
+    assert "| sst2 | pos | 500 | 0.367 | 0.367 (1000) | 0.000 | 0.321 | yes |" in text
+    assert "- sst2: every source checked converged; every seed diverged from stsb" in text

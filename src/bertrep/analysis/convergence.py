@@ -11,6 +11,8 @@ For each target and source, the check compares the mean normalized score over se
 the k = L runs with that of their longer runs (twice the updates in the shipped
 sweeps): the cell converged when the mean moved by less than the standard deviation of
 the grid runs' scores over seeds (docs/definitions.md, "Convergence of frozen trials").
+A cell whose every seed diverged (a head stuck on one class) passes trivially: its
+score does not move. The table counts such seeds and the printed check names the cell.
 A target without normalized scores (at chance, not learned, below the margin) is
 checked on its raw scores: the normalization is one affine map per target, so the
 verdict is the same in either unit.
@@ -32,7 +34,8 @@ CONVERGENCE_COLUMNS = {"target": TEXT, "source": TEXT, "frozen_layers": INT, "se
                        "steps": INT, "longer_steps": INT, "norm_score": FLOAT,
                        "longer_norm_score": FLOAT, "move": FLOAT, "seed_sd": FLOAT,
                        "converged": FLAG, "run_ids": TEXT, "status": TEXT, "score": FLOAT,
-                       "longer_score": FLOAT, "scale": TEXT}  # fmt: skip
+                       "longer_score": FLOAT, "scale": TEXT,
+                       "diverged_seeds": INT}  # fmt: skip
 
 
 def split_longer(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -62,7 +65,8 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
         row = {"target": target, "source": source, "frozen_layers": int(grid.num_layers.iloc[0]),
                "steps": int(grid.max_steps.min()), "seeds": len(grid), "scale": scale,
                "norm_score": grid.norm_score.mean(), "score": grid.score.mean(),
-               "status": status}  # fmt: skip
+               "status": status,
+               "diverged_seeds": int(grid.diverged.fillna(False).sum())}  # fmt: skip
         mine = longer[(longer.target == target) & (longer.source == source)
                       & (longer.frozen_layers == row["frozen_layers"])]  # fmt: skip
         mine = mine[mine.max_steps == mine.max_steps.min()] if len(mine) else mine
@@ -101,7 +105,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
              "normalized score moved by less than its standard deviation over seeds (raw "
              "scores where the target has no normalized ones: the verdict is the same). "
              "score: the mean over every seed; longer: over the seeds trained longer; "
-             "moved: from those seeds' own scores.", "",
+             "moved: from those seeds' own scores. Where every seed diverged, the head "
+             "is stuck and its score cannot move: it passes without having learned.", "",
              "| target | source | updates | score | longer | moved | seed sd | converged |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in table.itertuples():
@@ -111,6 +116,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
             verdict = "no longer run"
         elif raw and not pd.isna(r.converged):
             verdict += f" (raw scores: {r.status})"
+        if r.seeds and r.diverged_seeds == r.seeds:
+            verdict += ", every seed diverged"
         value, later = (r.score, r.longer_score) if raw else (r.norm_score, r.longer_norm_score)
         longer = "" if pd.isna(r.longer_steps) else f"{_num(later)} ({r.longer_steps})"
         lines.append(f"| {r.target} | {r.source} | {r.steps} | {_num(value)} | {longer} "
@@ -124,6 +131,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
         text = [f"not converged from {failed}" if failed else
                 "every source checked converged" if checked else ""]  # fmt: skip
         text += [f"not checked: {unchecked}"] if unchecked else []
+        stuck = ", ".join(group.source[(group.diverged_seeds == group.seeds) & (group.seeds > 0)])
+        text += [f"every seed diverged from {stuck}"] if stuck else []
         lines.append(f"- {target}: " + "; ".join(t for t in text if t))
     return [*lines, ""]
 
