@@ -6,15 +6,17 @@ trade-off behind the quick setting's three seeds (docs/sweeps.md, "Three seeds")
 It reads the newest finished analysis run (or --run) and its per-seed AuFC values
 (tables/aufc_seeds) and cells (tables/aufc). For every n from 2 to the number of seeds
 the store holds, and for every subset of n seeds, each AuFC cell of a learned target
-(status ok) gets the mean of its n seeds and their 95% t-interval. The interval is
-computed by the analysis' own function (analysis.intervals.aufc_intervals), so the
-subset of all seeds reproduces the analysis' intervals.
+(status ok) gets the mean of its n seeds and their t-interval at the analysis' level.
+The interval is computed by the analysis' own function (analysis.intervals.aufc_intervals),
+so the subset of all seeds reproduces the analysis' intervals.
 
 Printed per n:
 - per target, the widest half-width over its cells: the mean over subsets and the
   largest;
-- what the subset's trials cost: the summed wall time of every run of those seeds in
-  the three sweeps (end − start), divided by the trials a sweep runs at once (--workers).
+- what the subset's trials cost: the summed wall time (end − start) of the single-task
+  runs of those seeds that the analysis read (tables/runs: the single sweep and the AuFC
+  grid), divided by the trials a sweep runs at once (--workers). The forgetting runs and
+  the read-out of the pretrained model do not depend on the seeds and are left out.
 """
 
 from __future__ import annotations
@@ -44,31 +46,53 @@ def widths(cells: pd.DataFrame, seeds: pd.DataFrame, subset: tuple[int, ...]) ->
     mine = seeds[(seeds.variant == HEADLINE) & seeds.seed.isin(subset)]
     means = mine.groupby(["source", "target"]).value.mean()
     learned["value"] = [means.get((c.source, c.target), np.nan) for c in learned.itertuples()]
-    ci = aufc_intervals(learned, mine, BootstrapRule())
+    level = float(cells.ci_level.dropna().iloc[0]) if cells.ci_level.notna().any() else 0.95
+    ci = aufc_intervals(learned, mine, BootstrapRule(level=level))
     return ((ci.ci_high - ci.ci_low) / 2).groupby(ci.target).max()
 
 
-def trial_minutes(runs: pd.DataFrame, subset: tuple[int, ...], workers: int) -> float:
-    """The summed wall time of the subset's seeds' runs, over the trials run at once."""
-    mine = runs[runs["params.seed"].isin([str(s) for s in subset])]  # trials only
-    seconds = (mine.end_time - mine.start_time).dt.total_seconds().sum()
-    return seconds / workers / 60
+def trial_minutes(read: pd.DataFrame, times: pd.DataFrame, subset, workers: int) -> float:
+    """The summed wall time of the single-task runs of `subset`'s seeds among those the
+    analysis read (`read`: its runs table; `times`: run_id, start_time, end_time), over
+    the trials run at once."""
+    ids = read.run_id[(read["mode"] == "single") & read.seed.isin(subset)]
+    mine = times[times.run_id.isin(ids)]
+    return (mine.end_time - mine.start_time).dt.total_seconds().sum() / workers / 60
 
 
-def table(run, runs: pd.DataFrame, workers: int, tmp: str) -> pd.DataFrame:
+def table(folder: Path, times: pd.DataFrame, workers: int) -> pd.DataFrame:
     """One row per n and subset: its trials' minutes and per-target widest half-width."""
-    folder = Path(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path=tracking.TABLES_DIR, dst_path=tmp))  # fmt: skip
     cells = pd.read_parquet(folder / "aufc.parquet")
     seeds = pd.read_parquet(folder / "aufc_seeds.parquet")
+    read = pd.read_parquet(folder / "runs.parquet")
     held = sorted(seeds.seed.unique())
+    if len(held) < 2:
+        raise SystemExit(f"the analysis holds AuFC values of {len(held)} seed(s): no interval")
     rows = []
     for n in range(2, len(held) + 1):
         for subset in itertools.combinations(held, n):
             row = {"seeds": n, "subset": ",".join(map(str, subset)),
-                   "minutes": trial_minutes(runs, subset, workers)}  # fmt: skip
+                   "minutes": trial_minutes(read, times, subset, workers)}  # fmt: skip
             rows.append(row | widths(cells, seeds, subset).to_dict())
     return pd.DataFrame(rows)
+
+
+def analysis_tables(run_id: str, tmp: str) -> tuple[str, Path]:
+    """(run id, its downloaded tables folder) of `run_id`, or of the newest finished
+    analysis run; one clear error where there is none."""
+    query = f"tags.`{tracking.KIND}` = '{tracking.ANALYSIS_KIND}' and status = 'FINISHED'"
+    found = mlflow.search_runs(search_all_experiments=True, filter_string=query,
+                               order_by=["attributes.start_time DESC"],
+                               output_format="list")  # fmt: skip
+    ids = [r.info.run_id for r in found]
+    if run_id and run_id not in ids:
+        raise SystemExit(f"--run {run_id}: not a finished analysis run of this store")
+    if not ids:
+        raise SystemExit(f"{mlflow.get_tracking_uri()}: no finished analysis run")
+    run_id = run_id or ids[0]
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=tracking.TABLES_DIR, dst_path=tmp)  # fmt: skip
+    return run_id, Path(path)
 
 
 def main() -> None:
@@ -79,18 +103,13 @@ def main() -> None:
     store = mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory() as tmp, server.serve(store, Path(tmp) / "server") as uri:
         with server.tracking_at(uri):
-            query = f"tags.`{tracking.KIND}` = '{tracking.ANALYSIS_KIND}' and status = 'FINISHED'"
-            found = mlflow.search_runs(search_all_experiments=True, filter_string=query,
-                                       order_by=["attributes.start_time DESC"],
-                                       output_format="list")  # fmt: skip
-            run = mlflow.get_run(args.run) if args.run else found[0]
-            experiment = run.info.experiment_id
-            runs = mlflow.search_runs([experiment])
-            rows = table(run, runs, args.workers, tmp)
+            run_id, folder = analysis_tables(args.run, tmp)
+            times = mlflow.search_runs(search_all_experiments=True)
+            rows = table(folder, times, args.workers)
     targets = [c for c in rows.columns if c not in ("seeds", "subset", "minutes")]
-    print(f"# store {store}, analysis run {run.info.run_id}")
-    print(f"# widest 95% AuFC half-width per learned target: mean over subsets (largest); "
-          f"trial minutes: summed run wall time / {args.workers} workers")  # fmt: skip
+    print(f"# store {store}, analysis run {run_id}")
+    print(f"# widest AuFC half-width per learned target: mean over subsets (largest); "
+          f"minutes: the seeds' single-task runs' wall time / {args.workers} workers")  # fmt: skip
     print(f"{'seeds':>5} {'subsets':>7} {'minutes':>8}  " + "  ".join(f"{t:>15}" for t in targets))
     for n, group in rows.groupby("seeds"):
         cols = [f"{group[t].mean():.3f} ({group[t].max():.3f})" for t in targets]

@@ -126,7 +126,8 @@ def test_a_cell_whose_every_seed_diverged_passes_but_is_named():
                    *rows("sst2", "pos", 6, 1000, [0.0, 0.5, 0.6])], SCORE_COLUMNS)  # fmt: skip
     found.loc[found.run_id == "sst2-pos-6-500-0", "diverged"] = True
     table = convergence_table(*split_longer(found)).set_index("source")
-    assert table.loc["stsb"].diverged_seeds == 3 and table.loc["stsb"].converged == True  # noqa: E712
+    stuck = table.loc["stsb"]
+    assert stuck.diverged_seeds == 3 and stuck.converged == True  # noqa: E712
     assert table.loc["pos"].diverged_seeds == 1 and table.loc["pos"].move == 0.0
     text = "\n".join(summary_lines(table.reset_index()))
     assert (

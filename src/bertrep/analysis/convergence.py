@@ -11,8 +11,9 @@ For each target and source, the check compares the mean normalized score over se
 the k = L runs with that of their longer runs (twice the updates in the shipped
 sweeps): the cell converged when the mean moved by less than the standard deviation of
 the grid runs' scores over seeds (docs/definitions.md, "Convergence of frozen trials").
-A cell whose every seed diverged (a head stuck on one class) passes trivially: its
-score does not move. The table counts such seeds and the printed check names the cell.
+The table counts the seeds tagged diverged (a non-finite loss, or a final score within
+the run's diverge_margin of chance: a head stuck on one class is one case). A cell whose
+every seed diverged passes without having learned, and the printed check names it.
 A target without normalized scores (at chance, not learned, below the margin) is
 checked on its raw scores: the normalization is one affine map per target, so the
 verdict is the same in either unit.
@@ -105,8 +106,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
              "normalized score moved by less than its standard deviation over seeds (raw "
              "scores where the target has no normalized ones: the verdict is the same). "
              "score: the mean over every seed; longer: over the seeds trained longer; "
-             "moved: from those seeds' own scores. Where every seed diverged, the head "
-             "is stuck and its score cannot move: it passes without having learned.", "",
+             "moved: from those seeds' own scores. Where every seed diverged (at or near "
+             "chance), the verdict says so: such a cell passes without having learned.", "",
              "| target | source | updates | score | longer | moved | seed sd | converged |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in table.itertuples():
@@ -116,7 +117,7 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
             verdict = "no longer run"
         elif raw and not pd.isna(r.converged):
             verdict += f" (raw scores: {r.status})"
-        if r.seeds and r.diverged_seeds == r.seeds:
+        if r.seeds and (0 if pd.isna(r.diverged_seeds) else r.diverged_seeds) == r.seeds:
             verdict += ", every seed diverged"
         value, later = (r.score, r.longer_score) if raw else (r.norm_score, r.longer_norm_score)
         longer = "" if pd.isna(r.longer_steps) else f"{_num(later)} ({r.longer_steps})"
@@ -131,7 +132,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
         text = [f"not converged from {failed}" if failed else
                 "every source checked converged" if checked else ""]  # fmt: skip
         text += [f"not checked: {unchecked}"] if unchecked else []
-        stuck = ", ".join(group.source[(group.diverged_seeds == group.seeds) & (group.seeds > 0)])
+        every = (group.diverged_seeds.fillna(0) == group.seeds) & (group.seeds > 0)
+        stuck = ", ".join(group.source[every])
         text += [f"every seed diverged from {stuck}"] if stuck else []
         lines.append(f"- {target}: " + "; ".join(t for t in text if t))
     return [*lines, ""]
