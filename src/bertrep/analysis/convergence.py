@@ -106,8 +106,9 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
              "normalized score moved by less than its standard deviation over seeds (raw "
              "scores where the target has no normalized ones: the verdict is the same). "
              "score: the mean over every seed; longer: over the seeds trained longer; "
-             "moved: from those seeds' own scores. Where every seed diverged (at or near "
-             "chance), the verdict says so: such a cell passes without having learned.", "",
+             "moved: from those seeds' own scores. Where every seed diverged (its loss "
+             "not finite, or its score at chance), the verdict says so: such a cell "
+             "passes without having learned.", "",
              "| target | source | updates | score | longer | moved | seed sd | converged |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in table.itertuples():
