@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -40,23 +41,22 @@ def test_seed_budget_reproduces_the_analysis_intervals_with_every_seed(smoke_stu
     from bertrep.tracking import server
 
     store = smoke_study["env"]
+    # the study's own analysis (other tests add analyses to this store, some without intervals)
+    run_id = re.search(r"summary: runs:/(\w+)/", smoke_study["stdout"]).group(1)
     bench = REPO / "bench" / "seed_budget.py"
-    done = subprocess.run([sys.executable, str(bench)], env=store, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run([sys.executable, str(bench), "--run", run_id], env=store,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["seeds", "subset"])
     names, row = lines[header].split(), lines[header + 1].split()
     assert len(lines) == header + 2 and row[:2] == ["2", "0,1"] and float(row[2]) > 0
     printed = dict(zip(names[3:], map(float, row[3:]), strict=True))
+    assert f"analysis run {run_id}" in done.stdout
     with server.serve(store[env.MLFLOW_TRACKING_URI], tmp_path / "server") as uri:
         with server.tracking_at(uri):
-            query = f"tags.`{tracking.KIND}` = '{tracking.ANALYSIS_KIND}' and status = 'FINISHED'"
-            run = mlflow.search_runs(search_all_experiments=True, filter_string=query,
-                                     order_by=["attributes.start_time DESC"],
-                                     output_format="list")[0]  # fmt: skip
             folder = mlflow.artifacts.download_artifacts(
-                run_id=run.info.run_id, artifact_path=f"{tracking.TABLES_DIR}/aufc.parquet",
+                run_id=run_id, artifact_path=f"{tracking.TABLES_DIR}/aufc.parquet",
                 dst_path=str(tmp_path))  # fmt: skip
     cells = pd.read_parquet(folder)
     ok = cells[(cells.variant == "aufc") & (cells.status == "ok")]
