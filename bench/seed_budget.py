@@ -34,6 +34,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bertrep import tracking  # noqa: E402
+from bertrep.analysis import collect  # noqa: E402
 from bertrep.analysis.intervals import BootstrapRule, aufc_intervals  # noqa: E402
 from bertrep.tracking import server  # noqa: E402
 
@@ -79,20 +80,16 @@ def table(folder: Path, times: pd.DataFrame, workers: int) -> pd.DataFrame:
 
 def analysis_tables(run_id: str, tmp: str) -> tuple[str, Path]:
     """(run id, its downloaded tables folder) of `run_id`, or of the newest finished
-    analysis run; one clear error where there is none."""
-    query = f"tags.`{tracking.KIND}` = '{tracking.ANALYSIS_KIND}' and status = 'FINISHED'"
-    found = mlflow.search_runs(search_all_experiments=True, filter_string=query,
-                               order_by=["attributes.start_time DESC"],
-                               output_format="list")  # fmt: skip
-    ids = [r.info.run_id for r in found]
-    if run_id and run_id not in ids:
-        raise SystemExit(f"--run {run_id}: not a finished analysis run of this store")
-    if not ids:
-        raise SystemExit(f"{mlflow.get_tracking_uri()}: no finished analysis run")
-    run_id = run_id or ids[0]
+    analysis run (collect.analysis_run); one clear error where there is none."""
+    try:
+        run = collect.analysis_run(run_id)
+    except (collect.MissingInput, mlflow.exceptions.MlflowException) as err:
+        raise SystemExit(f"{run_id or mlflow.get_tracking_uri()}: {err}") from None
+    if run.data.tags.get(tracking.KIND) != tracking.ANALYSIS_KIND:
+        raise SystemExit(f"--run {run_id}: not an analysis run")
     path = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=tracking.TABLES_DIR, dst_path=tmp)  # fmt: skip
-    return run_id, Path(path)
+        run_id=run.info.run_id, artifact_path=tracking.TABLES_DIR, dst_path=tmp)  # fmt: skip
+    return run.info.run_id, Path(path)
 
 
 def main() -> None:
