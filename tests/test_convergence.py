@@ -136,3 +136,27 @@ def test_a_cell_whose_every_seed_diverged_passes_but_is_named():
     )
     assert "| sst2 | pos | 500 | 0.367 | 0.367 (1000) | 0.000 | 0.321 | yes |" in text
     assert "- sst2: every source checked converged; every seed diverged from stsb" in text
+
+
+def test_a_seed_that_stopped_before_its_cap_is_its_own_longer_run():
+    """Seeds that early-stopped before the cap (at a constant rate) have no longer run: a
+    larger cap would repeat them, so each counts as its own (move 0). A seed with a real
+    longer run keeps it; a seed that used its whole cap and has none is left out."""
+    found = typed([*rows("pos", "base", 6, 500, [0.6, 0.7, 0.8]),
+                   *rows("pos", "base", 6, 1000, [1.0]),
+                   *rows("pos", "mnli", 6, 500, [0.2, 0.4])], SCORE_COLUMNS)  # fmt: skip
+    found["stopped_early"] = found.max_steps == 500
+    found.loc[found.run_id == "pos-mnli-6-500-1", "stopped_early"] = False  # used its cap
+    table = convergence_table(*split_longer(found)).set_index("source")
+    base = table.loc["base"]  # seed 0: 0.6 -> 1.0; seeds 1 and 2 their own: 0.7, 0.8
+    assert base.stopped_early == 2 and base.longer_steps == 1000
+    assert base.longer_norm_score == pytest.approx(2.5 / 3) and base.move == pytest.approx(0.4 / 3)
+    assert base.converged == False  # noqa: E712  (0.133 is not below the sd, 0.1)
+    mnli = table.loc["mnli"]  # seed 0 its own, seed 1 unchecked
+    assert mnli.stopped_early == 1 and pd.isna(mnli.longer_steps) and mnli.move == 0.0
+    assert mnli.converged == True  # noqa: E712
+    text = "\n".join(summary_lines(table.reset_index()))
+    row = "| pos | base | 500 | 0.700 | 0.833 (1000; 2 stopped early) | 0.133 | 0.100 | **no** |"
+    assert row in text
+    assert "| pos | mnli | 500 | 0.300 | 0.200 (1 stopped early) | 0.000 | 0.141 | yes |" in text
+    assert "stopped before its cap" in text

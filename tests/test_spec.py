@@ -19,6 +19,7 @@ from bertrep.sweeps.spec import (
     source_config,
     sources,
     spec_from_dict,
+    split_repeats,
     trials,
 )
 from bertrep.training.config import TrainConfig
@@ -206,3 +207,29 @@ def test_needs_source_only_where_the_registry_is_asked():
     assert needs_source(TrainConfig(mode="shuffled", **two))
     reference = "runs:/r/checkpoint"
     assert not needs_source(TrainConfig(mode="shuffled", reference_model=reference, **two))
+
+
+def test_longer_repeats_of_a_trial_that_repeats_are_split_from_the_grid():
+    """A config differing only in a larger max_steps repeats the shortest one where that
+    one would repeat update for update (early stopping, constant rate, no warm-up): the
+    quick sweep's 16,000-update k = 6 runs. With a linear decay both stay in the grid."""
+    head = dict(task="pos", frozen_layers=6, eval_every=100, early_stopping=10)
+    constant = dict(head, schedule="constant", warmup_ratio=0.0)
+    configs = [TrainConfig(**constant, max_steps=s, seed=seed)
+               for seed in (0, 1) for s in (16000, 8000, 32000)]  # fmt: skip
+    configs += [TrainConfig(**head, max_steps=s) for s in (8000, 16000)]
+    configs += [TrainConfig(task="pos", max_steps=100)]
+    assert [c.repeats_when_longer for c in configs[-3:]] == [False, False, False]
+    grid, repeats = split_repeats(configs)
+    assert [(c.seed, c.max_steps, c.schedule) for c in grid] == [
+        (0, 8000, "constant"), (1, 8000, "constant"), (0, 8000, "linear"),
+        (0, 16000, "linear"), (0, 100, "linear")]  # fmt: skip
+    assert [(r.seed, r.max_steps, s.seed, s.max_steps) for r, s in repeats] == [
+        (0, 16000, 0, 8000),
+        (0, 32000, 0, 8000),
+        (1, 16000, 1, 8000),
+        (1, 32000, 1, 8000),
+    ]
+    quick = trials(load_spec(REPO / "sweeps" / "quick" / "aufc.yaml"))
+    _, repeats = split_repeats(quick)
+    assert len(repeats) == 48 and {r.max_steps for r, _ in repeats} == {16000}

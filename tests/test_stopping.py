@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from transformers import AutoTokenizer
 
 from bertrep import tracking
+from bertrep.analysis.collect import Store
 from bertrep.data.encode import encode
 from bertrep.data.tasks import Example, get_task
 from bertrep.errors import InputError
@@ -87,7 +88,7 @@ def test_the_kept_weights_score_the_best_dev_score(tiny_model, data_dir, mlflow_
 
 
 def test_a_constant_rate_makes_a_longer_budget_repeat_a_run_that_stopped(
-    tiny_model, data_dir, mlflow_store
+    tiny_model, data_dir, mlflow_store, tmp_path
 ):
     """Without warm-up and at a constant rate, a run that early-stopped before its
     max_steps is repeated update for update by the same run with twice the max_steps: the
@@ -112,5 +113,10 @@ def test_a_constant_rate_makes_a_longer_budget_repeat_a_run_that_stopped(
     metrics = [client.get_run(r).data.metrics for r in (constant, constant_longer)]
     assert metrics[0][BEST_STEP] == metrics[1][BEST_STEP] == stopped - 3 * 2
     assert metrics[0][tracking.FINAL_SCORE] == metrics[1][tracking.FINAL_SCORE]
+    assert metrics[0][tracking.UPDATES] == metrics[1][tracking.UPDATES] == stopped
+    # what the sweep and the analysis read from it: the first is its own longer run
+    store = Store(cache_dir=tmp_path)
+    assert [store.train_run(client.get_run(r)).stopped_early for r in runs] == [
+        True, True, False, False]  # fmt: skip
     first, second = history(linear), history(linear_longer)
     assert first[:2] == second[:2] and first[2] != second[2]

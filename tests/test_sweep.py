@@ -265,6 +265,34 @@ def test_a_trial_of_bad_input_fails_once_saying_why(tiny_model, data_dir, tmp_pa
 
 
 @pytest.mark.slow
+def test_a_longer_repeat_is_trained_only_where_its_trial_used_its_whole_cap(
+    tiny_model, data_dir, tmp_path
+):
+    """Head-only trials at a rate that changes nothing stop after 4 scores (8 updates):
+    seed 0's cap of 20 was not reached, so its repeat at 40 would train the same 8
+    updates and is skipped; seed 1's cap of 4 was, so its repeat at 8 is trained."""
+    store = store_env(tmp_path, data_dir)
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["fixed"] |= {"lr": 1e-12, "schedule": "constant", "warmup_ratio": 0.0,
+                      "eval_every": 2, "early_stopping": 3, "probe_tasks": "sst2"}  # fmt: skip
+    cell = {"task": "sst2", "source_task": "base", "frozen_layers": 2}
+    spec["grid"] = [cell | {"seed": 0, "max_steps": [20, 40]},
+                    cell | {"seed": 1, "max_steps": [4, 8]}]  # fmt: skip
+    (tmp_path / "repeats.yaml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run(sweep_cmd(tiny_model, spec=tmp_path / "repeats.yaml"), env=store,
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "repeats: 1 of 2 not trained: their trials stopped before the cap" in done.stdout
+    finished = check_complete(store, 3)
+    trained = sorted((int(r.data.params["seed"]), int(r.data.params["max_steps"]),
+                      r.data.metrics[tracking.UPDATES]) for r in finished)  # fmt: skip
+    assert trained == [(0, 20, 8), (1, 4, 4), (1, 8, 8)]
+    (parent,) = parents(store)
+    assert parent.data.metrics[tracking.SWEEP_TRIALS] == 4
+    assert parent.data.metrics[tracking.SWEEP_SKIPPED] == 1
+
+
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicates(tiny_model, data_dir, tmp_path):
     """kill -9 of the driver once its source stage is done and the trials are under way,
     then --resume: one FINISHED run per config key, nothing left RUNNING."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import socket
 import sys
@@ -34,7 +35,16 @@ from bertrep import env, tracking
 from bertrep.errors import InputError, UnavailableError
 from bertrep.sweeps import runs as sweep_runs
 from bertrep.sweeps.progress import INPUT_ERROR, Progress
-from bertrep.sweeps.spec import KINDS, Spec, load_spec, needs_source, source_config, sources, trials
+from bertrep.sweeps.spec import (
+    KINDS,
+    Spec,
+    load_spec,
+    needs_source,
+    source_config,
+    sources,
+    split_repeats,
+    trials,
+)
 from bertrep.tracking import registry, server
 from bertrep.training.config import Runtime, TrainConfig, parse_bool
 
@@ -236,14 +246,37 @@ def run_grid(spec: Spec, context: dict) -> dict[str, int]:
     if first["failed"]:
         raise SweepFailed(f"{first['failed']} source trials failed; transfer trials not run")
     resolved = [resolve(spec, t) for t in targets]
-    counts = run_stage("trials", resolved, spec, context)
+    grid, repeats = split_repeats(resolved)
+    counts = run_stage("trials", grid, spec, context)
     if counts["failed"]:
         raise SweepFailed(f"{counts['failed']} of {counts['trials']} trials failed")
+    checks = run_repeats(repeats, spec, context)
+    counts = {name: counts[name] + checks[name] for name in counts}
+    if checks["failed"]:
+        raise SweepFailed(f"{checks['failed']} of {checks['trials']} longer repeats failed")
     # The analysis reads a sweep through this list: trials skipped because an earlier
     # sweep trained them are the sweep's runs too.
     keys = [c.key() for c in [*needed, *resolved]]
     sweep_runs.log_sweep_runs(context["parent"], sweep_runs.finished_runs(keys))
     return counts
+
+
+def run_repeats(
+    repeats: list[tuple[TrainConfig, TrainConfig]], spec: Spec, context: dict
+) -> dict[str, int]:
+    """The longer repeats (spec.split_repeats) of trials that used their whole cap: did
+    more updates move the score? The repeat of a trial that stopped before its cap would
+    do the same updates again and stop at the same one: it is skipped, not trained."""
+    done = sweep_runs.updates_done([shorter.key() for _, shorter in repeats])
+    stopped = {s.key() for _, s in repeats if done.get(s.key(), math.nan) < s.max_steps}
+    needed = [r for r, shorter in repeats if shorter.key() not in stopped]
+    if len(needed) < len(repeats):
+        print(f"sweep {spec.name}, repeats: {len(repeats) - len(needed)} of {len(repeats)} "
+              "not trained: their trials stopped before the cap, which a larger cap repeats "
+              "exactly")  # fmt: skip
+    counts = run_stage("repeats", needed, spec, context)
+    unneeded = len(repeats) - len(needed)
+    return counts | {"trials": len(repeats), "skipped": counts["skipped"] + unneeded}
 
 
 def open_parent(spec: Spec, exp_id: str, resume: bool) -> str:

@@ -32,6 +32,7 @@ from bertrep.data import tasks
 from bertrep.data.tasks import TASKS
 from bertrep.errors import InputError
 from bertrep.sweeps import runs as sweep_runs
+from bertrep.training.config import repeats_when_longer
 
 
 class MissingInput(LookupError):
@@ -61,6 +62,7 @@ class TrainRun:
     # probe task -> (run id, artifact path) of a table referenced instead of extracted
     tables_from: dict[str, tuple[str, str]] = field(default_factory=dict)
     word_digests: dict[str, str] = field(default_factory=dict)  # probe task -> word digest
+    updates: float = float("nan")  # done (NaN: logged before runs counted them)
 
     @property
     def failed(self) -> bool:
@@ -68,6 +70,18 @@ class TrainRun:
         diverge_margin (recomputed: runs logged before that rule counted below chance)."""
         margin = float(self.params.get("diverge_margin", 0) or 0)
         return self.diverged or (margin > 0 and self.final_score - self.chance <= margin)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Stopped before its max_steps where a larger cap repeats it update for update
+        (TrainConfig.repeats_when_longer): it is its own run with more max_steps."""
+        p = self.params
+        repeats = repeats_when_longer(
+            int(float(p.get("early_stopping", 0) or 0)),
+            p.get("schedule", "linear"),
+            float(p.get("warmup_ratio", 0.1) or 0),
+        )
+        return repeats and self.updates < float(p.get("max_steps", 0) or 0)
 
     @property
     def label(self) -> str:
@@ -211,6 +225,7 @@ class Store:
             registered_as=tags.get(tracking.REGISTERED_AS, ""),
             tables_from=tracking.activations_from(tags),
             word_digests=tracking.word_probe_digests(tags),
+            updates=metrics.get(tracking.UPDATES, float("nan")),
         )
 
     # --- the registry ---

@@ -36,7 +36,7 @@ CONVERGENCE_COLUMNS = {"target": TEXT, "source": TEXT, "frozen_layers": INT, "se
                        "longer_norm_score": FLOAT, "move": FLOAT, "seed_sd": FLOAT,
                        "converged": FLAG, "run_ids": TEXT, "status": TEXT, "score": FLOAT,
                        "longer_score": FLOAT, "scale": TEXT,
-                       "diverged_seeds": INT}  # fmt: skip
+                       "diverged_seeds": INT, "stopped_early": INT}  # fmt: skip
 
 
 def split_longer(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -73,7 +73,7 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
         mine = mine[mine.max_steps == mine.max_steps.min()] if len(mine) else mine
         grid = grid[np.isfinite(grid[unit].to_numpy(dtype=float))]
         mine = mine[np.isfinite(mine[unit].to_numpy(dtype=float))]
-        paired = grid.merge(mine, on="seed", suffixes=("", "_longer"))
+        paired = _paired(grid, mine)
         values = grid[unit].to_numpy(dtype=float)
         row["seed_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
         if not len(paired):
@@ -84,7 +84,8 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
         rows.append(
             row
             | {
-                "longer_steps": int(paired.max_steps_longer.iloc[0]),
+                "longer_steps": int(mine.max_steps.iloc[0]) if len(mine) else None,
+                "stopped_early": int(paired.run_id.isin(set(paired.run_id_longer)).sum()),
                 "longer_norm_score": float(paired.norm_score_longer.mean()),
                 "longer_score": float(paired.score_longer.mean()),
                 "move": move,
@@ -96,32 +97,48 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
     return typed(rows, CONVERGENCE_COLUMNS)
 
 
+def _paired(grid: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFrame:
+    """Each seed's grid run beside its longer run (columns `<name>_longer`); a seed
+    without one that stopped before its cap, where a larger cap repeats it update for
+    update (`stopped_early`), beside itself."""
+    own = grid[grid.stopped_early.fillna(False).astype(bool) & ~grid.seed.isin(longer.seed)]
+    pairs = [grid.merge(longer, on="seed", suffixes=("", "_longer")),
+             own.merge(own, on="seed", suffixes=("", "_longer"))]  # fmt: skip
+    return pd.concat([p for p in pairs if len(p)]) if any(len(p) for p in pairs) else pairs[0]
+
+
 def summary_lines(table: pd.DataFrame) -> list[str]:
     """The printed check: per target, whether every source's head-only runs converged
     (none where no cell has a longer run: nothing was checked)."""
-    if not len(table) or table.longer_steps.isna().all():
+    if not len(table) or not _checked(table).any():
         return []
     lines = ["## Did the head-only trials converge?", "",
              "k = L runs against the same seeds trained longer: converged where the mean "
              "normalized score moved by less than its standard deviation over seeds (raw "
              "scores where the target has no normalized ones: the verdict is the same). "
              "score: the mean over every seed; longer: over the seeds trained longer; "
-             "moved: from those seeds' own scores. Where every seed diverged (its loss "
-             "not finite, or its score at chance), the verdict says so: such a cell "
-             "passes without having learned.", "",
+             "moved: from those seeds' own scores. A seed that stopped before its cap "
+             "(early stopping at a constant rate, no warm-up) is its own longer run: a "
+             "larger cap repeats it update for update, so it is not trained again "
+             "(`stopped early`). Where every seed diverged (its loss not finite, or its "
+             "score at chance), the verdict says so: such a cell passes without having "
+             "learned.", "",
              "| target | source | updates | score | longer | moved | seed sd | converged |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in table.itertuples():
         raw = r.scale == "raw"
         verdict = {True: "yes", False: "**no**"}.get(r.converged, "one seed")
-        if pd.isna(r.longer_steps):
+        stopped = 0 if pd.isna(r.stopped_early) else int(r.stopped_early)
+        if pd.isna(r.longer_steps) and not stopped:
             verdict = "no longer run"
         elif raw and not pd.isna(r.converged):
             verdict += f" (raw scores: {r.status})"
         if r.seeds and (0 if pd.isna(r.diverged_seeds) else r.diverged_seeds) == r.seeds:
             verdict += ", every seed diverged"
         value, later = (r.score, r.longer_score) if raw else (r.norm_score, r.longer_norm_score)
-        longer = "" if pd.isna(r.longer_steps) else f"{_num(later)} ({r.longer_steps})"
+        how = [] if pd.isna(r.longer_steps) else [str(r.longer_steps)]
+        how += [f"{stopped} stopped early"] if stopped else []
+        longer = f"{_num(later)} ({'; '.join(how)})" if how else ""
         lines.append(f"| {r.target} | {r.source} | {r.steps} | {_num(value)} | {longer} "
                      f"| {_num(r.move)} | {_num(r.seed_sd)} | {verdict} |")  # fmt: skip
     lines.append("")
@@ -142,3 +159,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
 
 def _num(value) -> str:
     return "" if pd.isna(value) else f"{value:.3f}"
+
+
+def _checked(table: pd.DataFrame) -> pd.Series:
+    """Rows with a longer run for some seed, or a seed that is its own."""
+    return table.longer_steps.notna() | (table.stopped_early.fillna(0) > 0)

@@ -198,6 +198,7 @@ def transfer_scores(inputs: Inputs, best: pd.DataFrame) -> pd.DataFrame:
                 "best": best_of.get(r.task, np.nan),
                 "norm_score": norm,
                 "diverged": r.diverged,
+                "stopped_early": r.stopped_early,
                 "run_id": r.run_id,
                 "source_version": r.base_model if tracking.is_model_uri(r.base_model) else "",
                 "status": status.get(r.task, cells.MISSING),
@@ -209,7 +210,7 @@ def transfer_scores(inputs: Inputs, best: pd.DataFrame) -> pd.DataFrame:
 SCORE_COLUMNS = {"target": TEXT, "source": TEXT, "frozen_layers": INT, "seed": INT,
                  "max_steps": INT, "num_layers": INT, "score": FLOAT, "chance": FLOAT,
                  "best": FLOAT, "norm_score": FLOAT, "diverged": FLAG, "run_id": TEXT,
-                 "source_version": TEXT, "status": TEXT}  # fmt: skip
+                 "source_version": TEXT, "status": TEXT, "stopped_early": FLAG}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -318,8 +319,7 @@ def _seed_grids(inputs, source, target, group: pd.DataFrame, ks) -> dict[int, pd
     out = {}
     for seed, runs in group.groupby("seed"):
         runs = runs[np.isfinite(runs.score) & np.isfinite(runs.chance) & np.isfinite(runs.best)]
-        twice = runs[runs.frozen_layers.duplicated(keep=False)]
-        if len(twice):
+        if len(twice := runs[runs.frozen_layers.duplicated(keep=False)]):
             ids = ", ".join(twice.run_id)
             _missing(inputs, "AuFC", f"{source}->{target} seed {seed}: runs {ids} share a k")
             continue

@@ -165,6 +165,17 @@ def log_counts(parent_id: str, counts: dict[str, float]) -> None:
 
 def finished_runs(keys: list[str]) -> dict[str, str]:
     """{config key: run id} of the newest FINISHED training run of each key, any experiment."""
+    return {key: run.info.run_id for key, run in _newest_finished(keys).items()}
+
+
+def updates_done(keys: list[str]) -> dict[str, float]:
+    """{config key: updates its newest FINISHED run did} (NaN for a run logged before
+    runs counted them)."""
+    found = _newest_finished(keys).items()
+    return {key: run.data.metrics.get(tracking.UPDATES, math.nan) for key, run in found}
+
+
+def _newest_finished(keys: list[str]) -> dict:
     wanted, out = set(keys), {}
     query = f"tags.`{tracking.KIND}` = '{tracking.TRAIN_KIND}' and attributes.status = 'FINISHED'"
     runs = mlflow.search_runs(
@@ -173,7 +184,7 @@ def finished_runs(keys: list[str]) -> dict[str, str]:
     )  # fmt: skip
     for r in runs:
         if r.data.tags.get(tracking.CONFIG_KEY) in wanted:
-            out[r.data.tags[tracking.CONFIG_KEY]] = r.info.run_id
+            out[r.data.tags[tracking.CONFIG_KEY]] = r
     return out
 
 

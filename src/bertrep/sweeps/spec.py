@@ -283,3 +283,29 @@ def sources(spec: Spec, targets: list[TrainConfig]) -> list[TrainConfig]:
     """The distinct sources the targets need (see needs_source)."""
     found = {(s := source_config(spec, t)).key(): s for t in targets if needs_source(t)}
     return list(found.values())
+
+
+def split_repeats(
+    configs: list[TrainConfig],
+) -> tuple[list[TrainConfig], list[tuple[TrainConfig, TrainConfig]]]:
+    """(the grid, its repeats): a config equal to another of the list but for a larger
+    max_steps is a repeat of the shortest such one where that `repeats_when_longer`
+    (the convergence check of a head-only trial). Each repeat comes as (repeat, shortest):
+    the sweep trains it only where the shortest used its whole cap."""
+
+    def rest(cfg: TrainConfig) -> str:
+        return json.dumps(dataclasses.asdict(cfg) | {"max_steps": None}, sort_keys=True)
+
+    shortest: dict[str, TrainConfig] = {}
+    for cfg in configs:
+        first = shortest.setdefault(rest(cfg), cfg)
+        if cfg.max_steps < first.max_steps:
+            shortest[rest(cfg)] = cfg
+    grid, repeats = [], []
+    for cfg in configs:
+        first = shortest[rest(cfg)]
+        if cfg.max_steps > first.max_steps and first.repeats_when_longer:
+            repeats.append((cfg, first))
+        else:
+            grid.append(cfg)
+    return grid, repeats

@@ -191,6 +191,14 @@ class TrainConfig:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 
     @property
+    def repeats_when_longer(self) -> bool:
+        """Whether the same config with a larger max_steps repeats this run update for
+        update, up to where this one stopped: early stopping, at a constant rate without
+        warm-up (warm-up and decay are fractions of max_steps). A run that stopped before
+        its cap is then its own longer run: a convergence check need not train it again."""
+        return repeats_when_longer(self.early_stopping, self.schedule, self.warmup_ratio)
+
+    @property
     def registers_source(self) -> bool:
         """Full fine-tuning from the pretrained model, checkpoint kept: the runs transfer
         starts from, registered as versions of `bertrep-<task>`."""
@@ -280,6 +288,11 @@ class Runtime:
     # all layers frozen from a registered model: reference its run's activation tables
     # (equal to what this run would extract) instead of extracting them again
     reuse_tables: bool = True
+
+
+def repeats_when_longer(early_stopping: int, schedule: str, warmup_ratio: float) -> bool:
+    """TrainConfig.repeats_when_longer from the three fields (MLflow params, read back)."""
+    return early_stopping > 0 and schedule == "constant" and warmup_ratio == 0
 
 
 def parse_bool(value: Any) -> bool:

@@ -232,5 +232,6 @@ def optimise(
             break
     bar.close()
     throughput = tracking.phase_metric(phase, "examples_per_s")
-    ctx.metrics.log({throughput: seen / max(busy, 1e-9)}, done)
+    updates = tracking.phase_metric(phase, "updates")
+    ctx.metrics.log({throughput: seen / max(busy, 1e-9), updates: done}, done)
     return done, diverged
