@@ -13,7 +13,9 @@ a local `mlflow server` (`bertrep.tracking.server`) so parallel trials have one 
 A trial whose config key already has a FINISHED run in the store is skipped.
 A trial with source_task A (not "base") starts from the registered model of A trained
 with the same seed (target seed s uses source seed s); missing sources are trained
-first, as an earlier stage of the same sweep.
+first, as an earlier stage of the same sweep. A longer repeat of a trial that early-stops
+at a constant rate (a convergence check) comes last, and is trained only where that
+trial used its whole cap (spec.split_repeats).
 """
 
 from __future__ import annotations
