@@ -141,10 +141,12 @@ def test_a_cell_whose_every_seed_diverged_passes_but_is_named():
 def test_a_seed_that_stopped_before_its_cap_is_its_own_longer_run():
     """Seeds that early-stopped before the cap (at a constant rate) have no longer run: a
     larger cap would repeat them, so each counts as its own (move 0). A seed with a real
-    longer run keeps it; a seed that used its whole cap and has none is left out."""
+    longer run keeps it. Seeds of their own alone judge a cell only where every seed is
+    one: a seed that used its whole cap without a longer run leaves it unchecked."""
     found = typed([*rows("pos", "base", 6, 500, [0.6, 0.7, 0.8]),
                    *rows("pos", "base", 6, 1000, [1.0]),
-                   *rows("pos", "mnli", 6, 500, [0.2, 0.4])], SCORE_COLUMNS)  # fmt: skip
+                   *rows("pos", "mnli", 6, 500, [0.2, 0.4]),
+                   *rows("pos", "sst2", 6, 500, [0.5, 0.6])], SCORE_COLUMNS)  # fmt: skip
     found["stopped_early"] = found.max_steps == 500
     found.loc[found.run_id == "pos-mnli-6-500-1", "stopped_early"] = False  # used its cap
     table = convergence_table(*split_longer(found)).set_index("source")
@@ -152,11 +154,17 @@ def test_a_seed_that_stopped_before_its_cap_is_its_own_longer_run():
     assert base.stopped_early == 2 and base.longer_steps == 1000
     assert base.longer_norm_score == pytest.approx(2.5 / 3) and base.move == pytest.approx(0.4 / 3)
     assert base.converged == False  # noqa: E712  (0.133 is not below the sd, 0.1)
-    mnli = table.loc["mnli"]  # seed 0 its own, seed 1 unchecked
-    assert mnli.stopped_early == 1 and pd.isna(mnli.longer_steps) and mnli.move == 0.0
-    assert mnli.converged == True  # noqa: E712
+    assert base.run_ids.split(",") == [f"pos-base-6-{s}" for s in
+                                       ("500-0", "500-1", "500-2", "1000-0")]  # fmt: skip
+    sst2 = table.loc["sst2"]  # both seeds their own
+    assert sst2.stopped_early == 2 and pd.isna(sst2.longer_steps) and sst2.move == 0.0
+    assert sst2.converged == True  # noqa: E712
+    mnli = table.loc["mnli"]  # seed 0 its own, seed 1 unchecked: not judged on seed 0
+    assert mnli.status == cells.MISSING and pd.isna(mnli.converged)
     text = "\n".join(summary_lines(table.reset_index()))
     row = "| pos | base | 500 | 0.700 | 0.833 (1000; 2 stopped early) | 0.133 | 0.100 | **no** |"
     assert row in text
-    assert "| pos | mnli | 500 | 0.300 | 0.200 (1 stopped early) | 0.000 | 0.141 | yes |" in text
+    assert "| pos | sst2 | 500 | 0.550 | 0.550 (2 stopped early) | 0.000 | 0.071 | yes |" in text
+    assert "| pos | mnli | 500 | 0.300 |  |  | 0.141 | no longer run |" in text
+    assert "- pos: not converged from base; not checked: mnli" in text
     assert "stopped before its cap" in text

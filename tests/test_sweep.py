@@ -287,6 +287,10 @@ def test_a_longer_repeat_is_trained_only_where_its_trial_used_its_whole_cap(
     trained = sorted((int(r.data.params["seed"]), int(r.data.params["max_steps"]),
                       r.data.metrics[tracking.UPDATES]) for r in finished)  # fmt: skip
     assert trained == [(0, 20, 8), (1, 4, 4), (1, 8, 8)]
+    named = sorted(r.data.tags[tracking.RUN_NAME] for r in finished)  # apart, as in one stage
+    assert named == [
+        f"sst2 from base, k=2, seed {s}, max_steps={n}" for s, n in [(0, 20), (1, 4), (1, 8)]
+    ]
     (parent,) = parents(store)
     assert parent.data.metrics[tracking.SWEEP_TRIALS] == 4
     assert parent.data.metrics[tracking.SWEEP_SKIPPED] == 1

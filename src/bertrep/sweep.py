@@ -176,8 +176,11 @@ def check_artifacts_reach_driver(exp_id: str) -> None:
         )
 
 
-def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict) -> dict[str, int]:
-    """Run the configs without a FINISHED run as one Tune grid; counts of what happened."""
+def run_stage(
+    stage: str, configs: list[TrainConfig], spec: Spec, context: dict, names: dict | None = None
+) -> dict[str, int]:
+    """Run the configs without a FINISHED run as one Tune grid; counts of what happened.
+    names: {config key: run name} where the configs are part of a larger list (run_names)."""
     import ray
 
     finished = sweep_runs.finished_keys()
@@ -188,7 +191,7 @@ def run_stage(stage: str, configs: list[TrainConfig], spec: Spec, context: dict)
         return counts
     gpus = spec.resources.gpus_per_trial if ray.cluster_resources().get("GPU", 0) else 0
     trainable = tune.with_resources(SweepTrial, {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
-    names = dict(zip([c.key() for c in configs], run_names(configs), strict=True))
+    names = names or dict(zip([c.key() for c in configs], run_names(configs), strict=True))
     todo_space = [{"train": dataclasses.asdict(c), "name": names[c.key()]} for c in todo]
     # Tune's own console output: none (its new engine prints tables at every verbosity)
     os.environ[env.RAY_AIR_NEW_OUTPUT] = "0"
@@ -249,10 +252,11 @@ def run_grid(spec: Spec, context: dict) -> dict[str, int]:
         raise SweepFailed(f"{first['failed']} source trials failed; transfer trials not run")
     resolved = [resolve(spec, t) for t in targets]
     grid, repeats = split_repeats(resolved)
-    counts = run_stage("trials", grid, spec, context)
+    names = dict(zip([c.key() for c in resolved], run_names(resolved), strict=True))
+    counts = run_stage("trials", grid, spec, context, names)
     if counts["failed"]:
         raise SweepFailed(f"{counts['failed']} of {counts['trials']} trials failed")
-    checks = run_repeats(repeats, spec, context)
+    checks = run_repeats(repeats, spec, context, names)
     counts = {name: counts[name] + checks[name] for name in counts}
     if checks["failed"]:
         raise SweepFailed(f"{checks['failed']} of {checks['trials']} longer repeats failed")
@@ -264,11 +268,13 @@ def run_grid(spec: Spec, context: dict) -> dict[str, int]:
 
 
 def run_repeats(
-    repeats: list[tuple[TrainConfig, TrainConfig]], spec: Spec, context: dict
+    repeats: list[tuple[TrainConfig, TrainConfig]], spec: Spec, context: dict, names: dict
 ) -> dict[str, int]:
     """The longer repeats (spec.split_repeats) of trials that used their whole cap: did
     more updates move the score? The repeat of a trial that stopped before its cap would
     do the same updates again and stop at the same one: it is skipped, not trained."""
+    if not repeats:
+        return {"trials": 0, "skipped": 0, "failed": 0}
     done = sweep_runs.updates_done([shorter.key() for _, shorter in repeats])
     stopped = {s.key() for _, s in repeats if done.get(s.key(), math.nan) < s.max_steps}
     needed = [r for r, shorter in repeats if shorter.key() not in stopped]
@@ -276,7 +282,7 @@ def run_repeats(
         print(f"sweep {spec.name}, repeats: {len(repeats) - len(needed)} of {len(repeats)} "
               "not trained: their trials stopped before the cap, which a larger cap repeats "
               "exactly")  # fmt: skip
-    counts = run_stage("repeats", needed, spec, context)
+    counts = run_stage("repeats", needed, spec, context, names)
     unneeded = len(repeats) - len(needed)
     return counts | {"trials": len(repeats), "skipped": counts["skipped"] + unneeded}
 

@@ -11,6 +11,10 @@ For each target and source, the check compares the mean normalized score over se
 the k = L runs with that of their longer runs (twice the updates in the shipped
 sweeps): the cell converged when the mean moved by less than the standard deviation of
 the grid runs' scores over seeds (docs/definitions.md, "Convergence of frozen trials").
+A seed that stopped before its cap (on its held-out score, or at a non-finite loss) at
+a constant rate without warm-up has no longer run: a larger cap would repeat it update
+for update, so it is its own (`stopped_early` counts them). Such seeds alone judge a
+cell only where every seed is one: else it is missing a longer run.
 The table counts the seeds tagged diverged (a non-finite loss, or a final score within
 the run's diverge_margin of chance: a head stuck on one class is one case). A cell whose
 every seed diverged passes without having learned, and the printed check names it.
@@ -55,9 +59,11 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
     the mean of the longer runs, how far that moved from the mean of the same seeds' grid
     runs, the grid's seed standard deviation and whether the move is smaller; normalized
     scores where the target has them, raw ones where it has a label instead (`scale`).
-    Seeds without a finite score are left out. status: the target's (ok, or its label);
-    for a target with normalized scores, missing where no seed has a finite longer run
-    and single seed where one grid seed has a score (no deviation, no verdict)."""
+    Seeds without a finite score are left out; a seed that stopped early is its own
+    longer run. status: the target's (ok, or its label); for a target with normalized
+    scores, missing where no seed has a finite longer run (of its own only where every
+    seed stopped early) and single seed where one grid seed has a score (no deviation,
+    no verdict)."""
     rows = []
     full = scores[scores.frozen_layers == scores.num_layers]
     for (target, source), grid in full.groupby(["target", "source"], sort=True):
@@ -74,8 +80,11 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
         grid = grid[np.isfinite(grid[unit].to_numpy(dtype=float))]
         mine = mine[np.isfinite(mine[unit].to_numpy(dtype=float))]
         paired = _paired(grid, mine)
+        real = paired[paired.run_id != paired.run_id_longer]
         values = grid[unit].to_numpy(dtype=float)
         row["seed_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+        if not len(real) and len(paired) < len(grid):  # only seeds that cannot move: none
+            paired = paired.iloc[:0]
         if not len(paired):
             rows.append(row | {"status": cells.MISSING if status == cells.OK else status})
             continue
@@ -84,13 +93,13 @@ def convergence_table(scores: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFram
         rows.append(
             row
             | {
-                "longer_steps": int(mine.max_steps.iloc[0]) if len(mine) else None,
-                "stopped_early": int(paired.run_id.isin(set(paired.run_id_longer)).sum()),
+                "longer_steps": int(real.max_steps_longer.iloc[0]) if len(real) else None,
+                "stopped_early": len(paired) - len(real),
                 "longer_norm_score": float(paired.norm_score_longer.mean()),
                 "longer_score": float(paired.score_longer.mean()),
                 "move": move,
                 "converged": bool(move < sd or move == 0) if np.isfinite(sd) else None,
-                "run_ids": ",".join([*paired.run_id, *paired.run_id_longer]),
+                "run_ids": ",".join(dict.fromkeys([*paired.run_id, *paired.run_id_longer])),
                 "status": status if np.isfinite(sd) else cells.SINGLE_SEED,
             }
         )
@@ -116,10 +125,11 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
              "k = L runs against the same seeds trained longer: converged where the mean "
              "normalized score moved by less than its standard deviation over seeds (raw "
              "scores where the target has no normalized ones: the verdict is the same). "
-             "score: the mean over every seed; longer: over the seeds trained longer; "
-             "moved: from those seeds' own scores. A seed that stopped before its cap "
-             "(early stopping at a constant rate, no warm-up) is its own longer run: a "
-             "larger cap repeats it update for update, so it is not trained again "
+             "score: the mean over every seed; longer: over the seeds trained longer and "
+             "those that are their own longer run; moved: from those seeds' own scores. "
+             "A seed that stopped before its cap (on its held-out score, or at a "
+             "non-finite loss) at a constant rate without warm-up is its own longer run: "
+             "a larger cap repeats it update for update, so it is not trained again "
              "(`stopped early`). Where every seed diverged (its loss not finite, or its "
              "score at chance), the verdict says so: such a cell passes without having "
              "learned.", "",

@@ -110,7 +110,8 @@ def drift_metric(probe_task: str, layer: int) -> str:
 LOSS = phase_metric(TRAIN_PHASE, "loss")
 LR = phase_metric(TRAIN_PHASE, "lr")
 THROUGHPUT = phase_metric(TRAIN_PHASE, "examples_per_s")
-UPDATES = phase_metric(TRAIN_PHASE, "updates")  # done: fewer than max_steps where it stopped
+# updates done: fewer than max_steps where the run stopped early or its loss went non-finite
+UPDATES = phase_metric(TRAIN_PHASE, "updates")
 CHANCE = eval_metric("chance")
 NORM_SCORE = eval_metric("norm_score")
 BEST_SCORE = "eval/best"
