@@ -270,14 +270,14 @@ def expect_labels(case: Case, tables) -> None:
         for source in ("base", *[t for t in case.tasks if t != target]):
             status, value = _status(tables, "aufc", source, target, variant="aufc")
             k0_status, _ = _status(tables, "transfer_k0", source, target)
-            if target in case.at_chance:
-                assert best.status == status == k0_status == cells.AT_CHANCE
-            elif target in case.below_chance:
-                assert best.status == status == k0_status == cells.NOT_LEARNED
-            elif BEST[target] - CHANCE[target] < case.min_margin:
-                assert best.status == status == k0_status == cells.BELOW_MARGIN
+            label = (cells.AT_CHANCE if target in case.at_chance else
+                     cells.NOT_LEARNED if target in case.below_chance else
+                     cells.BELOW_MARGIN if BEST[target] - CHANCE[target] < case.min_margin
+                     else "")  # fmt: skip
+            if label:  # no sweep of the same spec helps: the remedy is more updates
+                assert best.status == status == k0_status == label
                 missing = tables["missing"]
-                said = missing[missing.detail == f"{source}->{target}: {cells.BELOW_MARGIN}"]
+                said = missing[missing.detail == f"{source}->{target}: {label}"]
                 assert len(said) and set(said.command) == {cells.MORE_UPDATES}
                 best_b = missing[missing.what == "best_B"]
                 assert set(best_b[best_b.detail.str.startswith(f"{target}:")].command) == {

@@ -171,8 +171,9 @@ def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:
             why = status.loc[source, target]
             if why == cells.MISSING:
                 why = "source = target: not in the sweep's grid" if source == target else "no runs"
-            kind = "" if why == cells.BELOW_MARGIN else "aufc"  # no sweep of this spec helps
-            inputs.missing.append(Missing(name, f"{source}->{target}: {why}", kind))
+            inputs.missing.append(
+                Missing(name, f"{source}->{target}: {why}", cells.remedy_kind(why))
+            )
 
 
 def _run_row(run: TrainRun) -> dict:

@@ -28,10 +28,12 @@ DIVERGED = "diverged"  # every run it needs diverged (tagged, or not above chanc
 SINGLE_SEED = "single seed"  # one seed: no interval (AuFC), no pair of seeds (Mean-CKA)
 UNDEFINED = "undefined"  # inputs exist, the formula does not apply (a constant layer's CKA)
 
-# what gives a target below the margin its numbers (the missing table's remedy, where
-# no sweep of the same spec would)
+# what gives a target its numbers where its own label says it was not learned (the
+# missing table's remedy: a sweep of the same spec would train nothing more)
 MORE_UPDATES = ("more updates for the target's full fine-tuning (max_steps in the sweep "
-                "specs), or a lower aufc.min_margin in the analysis spec")  # fmt: skip
+                "specs), or, where it beat chance by less than aufc.min_margin, a lower "
+                "margin in the analysis spec")  # fmt: skip
+TARGET_LABELS = (AT_CHANCE, NOT_LEARNED, BELOW_MARGIN)  # its runs finished, its scores say
 LABELS = (OK, MISSING, AT_CHANCE, NOT_LEARNED, BELOW_MARGIN, DIVERGED, SINGLE_SEED, UNDEFINED)
 
 MEANING = {
@@ -52,6 +54,12 @@ MEANING = {
 # Column kinds of `typed`: pandas dtypes that hold "nothing" without turning to objects.
 # TEXT holds "" for nothing, so comparisons never meet a missing value.
 FLOAT, INT, FLAG, TEXT = "float64", "Int64", "boolean", "text"
+
+
+def remedy_kind(status: str) -> str:
+    """The kind of sweep whose command a missing cell of this status gives as its remedy:
+    none ("": MORE_UPDATES) where the target's label says it was not learned."""
+    return "" if status in TARGET_LABELS else "aufc"
 
 
 def target_status(best: float, chance: float, margin: float = 0.0) -> str:

@@ -151,8 +151,7 @@ def best_scores(inputs: Inputs, min_margin: float = 0.0) -> pd.DataFrame:
         status = cells.target_status(best, chance, min_margin)
         if status != cells.OK:
             what = f"{task}: best_B {best:.4f} vs chance {chance:.4f}: {cells.MEANING[status]}"
-            kind = "" if status == cells.BELOW_MARGIN else "aufc"  # no sweep of this spec helps
-            inputs.missing.append(Missing("best_B", what, kind))
+            inputs.missing.append(Missing("best_B", what, cells.remedy_kind(status)))
         rows.append(row | {"best": best, "chance": chance, "status": status,
                            "run_ids": ",".join(r.run_id for r in runs)})  # fmt: skip
     return typed(rows, BEST_COLUMNS)
