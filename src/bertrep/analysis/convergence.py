@@ -113,7 +113,8 @@ def _paired(grid: pd.DataFrame, longer: pd.DataFrame) -> pd.DataFrame:
     own = grid[grid.stopped_early.fillna(False).astype(bool) & ~grid.seed.isin(longer.seed)]
     pairs = [grid.merge(longer, on="seed", suffixes=("", "_longer")),
              own.merge(own, on="seed", suffixes=("", "_longer"))]  # fmt: skip
-    return pd.concat([p for p in pairs if len(p)]) if any(len(p) for p in pairs) else pairs[0]
+    found = [p for p in pairs if len(p)]
+    return pd.concat(found) if found else pairs[0]
 
 
 def summary_lines(table: pd.DataFrame) -> list[str]:

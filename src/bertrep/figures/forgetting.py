@@ -26,7 +26,10 @@ def forgetting_figures(tables: dict, folder: Path, tasks) -> list[Path]:
     if scores.empty:
         return []
     out = []
-    seq = scores[scores["mode"] == "sequential"].sort_values("seed")
+    seq = scores[scores["mode"] == "sequential"]
+    # a fixed order whatever the store's: by seed, then pair, its two directions together
+    pair = [",".join(sorted(ab)) for ab in zip(seq.task_a, seq.task_b, strict=True)]
+    seq = seq.assign(pair=pair).sort_values(["seed", "pair", "task_a"], kind="stable")
     runs = list(dict.fromkeys(seq.run_id))
     first_seed = list(dict.fromkeys(seq.drop_duplicates(["task_a", "task_b"]).run_id))
     if first_seed:  # one row per pair (its first seed): SST-2→POS beside POS→SST-2

@@ -293,17 +293,15 @@ def split_repeats(
     (the convergence check of a head-only trial). Each repeat comes as (repeat, shortest):
     the sweep trains it only where the shortest used its whole cap."""
 
-    def rest(cfg: TrainConfig) -> str:
-        return json.dumps(dataclasses.asdict(cfg) | {"max_steps": None}, sort_keys=True)
-
+    rest = [json.dumps(dataclasses.asdict(c) | {"max_steps": None}, sort_keys=True)
+            for c in configs]  # fmt: skip
     shortest: dict[str, TrainConfig] = {}
-    for cfg in configs:
-        first = shortest.setdefault(rest(cfg), cfg)
-        if cfg.max_steps < first.max_steps:
-            shortest[rest(cfg)] = cfg
+    for cfg, others in zip(configs, rest, strict=True):
+        if cfg.max_steps < shortest.setdefault(others, cfg).max_steps:
+            shortest[others] = cfg
     grid, repeats = [], []
-    for cfg in configs:
-        first = shortest[rest(cfg)]
+    for cfg, others in zip(configs, rest, strict=True):
+        first = shortest[others]
         if cfg.max_steps > first.max_steps and first.repeats_when_longer:
             repeats.append((cfg, first))
         else:
