@@ -116,6 +116,7 @@ def predictor_figure(tables: dict, folder: Path, tasks) -> list[Path]:
             text += f"\nwithin target: Spearman {within.spearman.iloc[0]:.2f}"
         ax.set_title(text, fontsize=8)
         ax.set_xlabel(predictor.replace("_", "-"))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # wide ranges: labels apart
         ax.set_ylabel(outcome.replace("_", " "))
     unique = {}
     for ax in axes.ravel():
