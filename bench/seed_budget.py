@@ -6,8 +6,8 @@ trade-off behind the quick setting's three seeds (docs/sweeps.md, "Three seeds")
 It reads the newest finished analysis run (or --run) and its per-seed AuFC values
 (tables/aufc_seeds) and cells (tables/aufc). For every n from 2 to the number of seeds
 the store holds, and for every subset of n seeds, each AuFC cell of a learned target
-(status ok) gets the mean of its n seeds and their t-interval at the analysis' level.
-The interval is computed by the analysis' own function (analysis.intervals.aufc_intervals),
+(status ok) that holds those seeds gets the mean of its n seeds and their t-interval at
+the analysis' level. The interval is computed by the analysis' own function (analysis.intervals.aufc_intervals),
 so the subset of all seeds reproduces the analysis' intervals.
 
 Printed per n:
@@ -42,9 +42,13 @@ HEADLINE = "aufc"  # the variant the README and docs/results.md report
 
 
 def widths(cells: pd.DataFrame, seeds: pd.DataFrame, subset: tuple[int, ...]) -> pd.Series:
-    """Per target, the widest AuFC half-width over its learned cells with `subset`'s seeds."""
+    """Per target, the widest AuFC half-width over its learned cells with `subset`'s seeds;
+    only targets that hold every seed of `subset` (the quick study gives STS-B a fourth)."""
     learned = cells[(cells.variant == HEADLINE) & (cells.status == "ok")].copy()
     mine = seeds[(seeds.variant == HEADLINE) & seeds.seed.isin(subset)]
+    held = mine.groupby("target").seed.nunique()
+    mine = mine[mine.target.isin(held.index[held == len(subset)])]
+    learned = learned[learned.target.isin(mine.target)]
     means = mine.groupby(["source", "target"]).value.mean()
     learned["value"] = [means.get((c.source, c.target), np.nan) for c in learned.itertuples()]
     level = float(cells.ci_level.dropna().iloc[0]) if cells.ci_level.notna().any() else 0.95
@@ -109,7 +113,8 @@ def main() -> None:
           f"minutes: the seeds' single-task runs' wall time / {args.workers} workers")  # fmt: skip
     print(f"{'seeds':>5} {'subsets':>7} {'minutes':>8}  " + "  ".join(f"{t:>15}" for t in targets))
     for n, group in rows.groupby("seeds"):
-        cols = [f"{group[t].mean():.3f} ({group[t].max():.3f})" for t in targets]
+        cols = [f"{group[t].mean():.3f} ({group[t].max():.3f})" if group[t].notna().any()
+                else "—" for t in targets]  # fmt: skip
         print(f"{n:>5} {len(group):>7} {group.minutes.mean():>8.1f}  "
               + "  ".join(f"{c:>15}" for c in cols))  # fmt: skip
     print(rows.round(3).to_string(index=False))

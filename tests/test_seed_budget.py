@@ -39,6 +39,20 @@ def test_widths_are_the_t_intervals_of_each_subset():
     assert "mnli" not in three  # not learned: no number, no width
 
 
+def test_a_subset_only_widens_the_targets_that_hold_all_its_seeds():
+    cells, seeds = frames()
+    # a fourth seed for STS-B alone (as the quick study gives it)
+    extra = pd.DataFrame([{"source": s, "target": "stsb", "variant": "aufc", "seed": 3,
+                           "value": v} for s, v in (("mnli", 0.9), ("base", 0.8))])  # fmt: skip
+    seeds = pd.concat([seeds, extra], ignore_index=True)
+    # (0, 1, 3): sem of (0.5, 0.5, 0.8) = 0.1 from base; POS holds no seed 3: no width
+    assert seed_budget.widths(cells, seeds, (0, 1, 3)).to_dict() == pytest.approx(
+        {"stsb": 0.43027}, abs=1e-4)  # fmt: skip
+    four = seed_budget.widths(cells, seeds, (0, 1, 2, 3))
+    # t(0.975, 3) = 3.1824; sd of (0.5, 0.5, 0.8, 0.8) = 0.17321, sem 0.086603
+    assert four.to_dict() == pytest.approx({"stsb": 0.27561}, abs=1e-4)
+
+
 def test_minutes_count_the_seeds_single_task_runs_over_the_workers():
     read = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "seed": [0, 1, 0, 0],
                          "mode": ["single", "single", "sequential", "extract"]})  # fmt: skip
