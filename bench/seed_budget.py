@@ -7,8 +7,9 @@ It reads the newest finished analysis run (or --run) and its per-seed AuFC value
 (tables/aufc_seeds) and cells (tables/aufc). For every n from 2 to the number of seeds
 the store holds, and for every subset of n seeds, each AuFC cell of a learned target
 (status ok) that holds those seeds gets the mean of its n seeds and their t-interval at
-the analysis' level. The interval is computed by the analysis' own function (analysis.intervals.aufc_intervals),
-so the subset of all seeds reproduces the analysis' intervals.
+the analysis' level. The interval is computed by the analysis' own function
+(analysis.intervals.aufc_intervals), so the subset of all seeds reproduces the analysis'
+intervals.
 
 Printed per n:
 - per target, the widest half-width over its cells: the mean over subsets and the
@@ -43,7 +44,7 @@ HEADLINE = "aufc"  # the variant the README and docs/results.md report
 
 def widths(cells: pd.DataFrame, seeds: pd.DataFrame, subset: tuple[int, ...]) -> pd.Series:
     """Per target, the widest AuFC half-width over its learned cells with `subset`'s seeds;
-    only targets that hold every seed of `subset` (the quick study gives STS-B a fourth)."""
+    only targets that hold every seed of `subset` (a study may give one target more seeds)."""
     learned = cells[(cells.variant == HEADLINE) & (cells.status == "ok")].copy()
     mine = seeds[(seeds.variant == HEADLINE) & seeds.seed.isin(subset)]
     held = mine.groupby("target").seed.nunique()

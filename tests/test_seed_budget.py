@@ -41,7 +41,7 @@ def test_widths_are_the_t_intervals_of_each_subset():
 
 def test_a_subset_only_widens_the_targets_that_hold_all_its_seeds():
     cells, seeds = frames()
-    # a fourth seed for STS-B alone (as the quick study gives it)
+    # a fourth seed for STS-B alone (as a study with more seeds for one target holds)
     extra = pd.DataFrame([{"source": s, "target": "stsb", "variant": "aufc", "seed": 3,
                            "value": v} for s, v in (("mnli", 0.9), ("base", 0.8))])  # fmt: skip
     seeds = pd.concat([seeds, extra], ignore_index=True)
