@@ -132,6 +132,26 @@ def test_a_target_below_the_margin_is_not_learned_at_this_budget():
     assert best_scores(known).status.tolist() == [cells.OK, cells.OK]  # no margin: as before
 
 
+def test_best_b_averages_the_seeds_of_the_targets_own_frozen_grid():
+    """A seed trained only as another target's source (sst2 seed 3, needed by a fourth
+    stsb seed) joins neither best_B nor the margin decision: 0.55, 0.62, 0.60 (mean 0.59,
+    below a 0.1 margin over chance 0.5), not with 0.70 (mean 0.6175, over it)."""
+    from bertrep.analysis.collect import TrainRun
+
+    def run(seed, score, k=0):
+        return TrainRun(f"s{seed}k{k}", "sst2", "single", "base", k, seed, "minilm", "minilm",
+                        "key", False, 6, score, 0.5)  # fmt: skip
+
+    full = [run(0, 0.55), run(1, 0.62), run(2, 0.60), run(3, 0.70)]
+    alone = Inputs(full, None, ("sst2",), ("biased",), False, [])
+    assert best_scores(alone, min_margin=0.1).best.item() == pytest.approx(0.6175)
+    grid = Inputs([*full, *(run(s, 0.5, k=6) for s in range(3))], None, ("sst2",),
+                  ("biased",), False, [])  # fmt: skip
+    best = best_scores(grid, min_margin=0.1)
+    assert best.best.item() == pytest.approx(0.59) and best.runs.item() == 3
+    assert best.status.item() == cells.BELOW_MARGIN
+
+
 def test_transfer_matrix_rows_are_sources_base_last_and_missing_cells_stay_empty():
     grid = pd.concat([scores([0], [0.8]), scores([0, 6], [0.7, 0.6], source="stsb")])
     frame = matrix(transfer_k0(inputs(), grid), ("sst2", "stsb"))

@@ -51,7 +51,6 @@ from bertrep.analysis.tables import (
     best_scores,
     labels,
     matrix,
-    sweep_command,
     transfer_k0,
     transfer_scores,
 )
@@ -151,6 +150,13 @@ def compute(inputs: Inputs, spec: AnalysisSpec) -> dict[str, pd.DataFrame]:
 def _setting(spec: AnalysisSpec) -> str:
     """The shipped setting an analysis spec is of (its name: smoke, quick, paper), else ""."""
     return spec.name if spec.name in SETTINGS else ""
+
+
+def sweep_command(kind: str, setting: str = "") -> str:
+    """The command that runs a sweep of `kind` for the setting analysed (sweeps/<setting>/),
+    or for the user's own spec where the analysis is of no shipped setting."""
+    spec = f"sweeps/{setting}/{kind}.yaml" if setting in SETTINGS else f"<your {kind} sweep spec>"
+    return f"mlflow run . -e sweep_{kind} --env-manager local -P spec={spec}"
 
 
 def _missing_cells(inputs: Inputs, out: dict[str, pd.DataFrame]) -> None:

@@ -25,7 +25,6 @@ from bertrep.analysis.collect import Store, TrainRun
 from bertrep.analysis.intervals import Intervals
 from bertrep.data.tasks import get_task
 from bertrep.maths import transfer
-from bertrep.sweeps.spec import SETTINGS
 
 BASE = tracking.BASE_SOURCE  # the row of the pretrained model
 
@@ -86,6 +85,15 @@ class Inputs:
         return max(groups.values(), key=lambda g: (len(g), sum(bool(r.registered_as) for r in g)),
                    default=[])  # fmt: skip
 
+    def normalizing_runs(self, task: str) -> list[TrainRun]:
+        """The full fine-tuning runs best_B averages: those at the seeds of `task`'s own
+        frozen-layer grid (k ≥ 1 from the pretrained model) where it has one, so that a seed
+        trained only as another target's source leaves this target's scale as it was."""
+        runs = self.full_fine_tuning(task)
+        frozen = self.select(task=task, mode="single", source_task=BASE)
+        grid = {r.seed for r in frozen if r.frozen_layers > 0}
+        return [r for r in runs if r.seed in grid] or runs
+
     def pretrained(self) -> list[TrainRun]:
         return self.select(mode=tracking.EXTRACT_MODE)
 
@@ -114,13 +122,6 @@ def _run_setting(run: TrainRun) -> tuple:
     return tuple(sorted((k, v) for k, v in run.params.items() if k not in skip))
 
 
-def sweep_command(kind: str, setting: str = "") -> str:
-    """The command that runs a sweep of `kind` for the setting analysed (sweeps/<setting>/),
-    or for the user's own spec where the analysis is of no shipped setting."""
-    spec = f"sweeps/{setting}/{kind}.yaml" if setting in SETTINGS else f"<your {kind} sweep spec>"
-    return f"mlflow run . -e sweep_{kind} --env-manager local -P spec={spec}"
-
-
 # --- scores: best_B, the transfer grid, AuFC ---
 
 
@@ -135,7 +136,7 @@ def best_scores(inputs: Inputs, min_margin: float = 0.0) -> pd.DataFrame:
     chance_B and chance_B + min_margin), diverged (every run failed) or missing (no run)."""
     rows = []
     for task in inputs.tasks:
-        runs = inputs.full_fine_tuning(task)
+        runs = inputs.normalizing_runs(task)
         row = {"task": task, "metric": get_task(task).metric, "runs": len(runs)}
         if not runs:
             status = inputs.source_status(task)
