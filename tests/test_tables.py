@@ -23,6 +23,7 @@ from bertrep.analysis.tables import (
     best_scores,
     matrix,
     transfer_k0,
+    transfer_scores,
 )
 from bertrep.figures import draw_all
 
@@ -135,7 +136,8 @@ def test_a_target_below_the_margin_is_not_learned_at_this_budget():
 def test_best_b_averages_the_seeds_of_the_targets_own_frozen_grid():
     """A seed trained only as another target's source (sst2 seed 3, needed by a fourth
     stsb seed) joins neither best_B nor the margin decision: 0.55, 0.62, 0.60 (mean 0.59,
-    below a 0.1 margin over chance 0.5), not with 0.70 (mean 0.6175, over it)."""
+    below a 0.1 margin over chance 0.5), not with 0.70 (mean 0.6175, over it); nor the
+    target's transfer grid."""
     from bertrep.analysis.collect import TrainRun
 
     def run(seed, score, k=0):
@@ -150,6 +152,10 @@ def test_best_b_averages_the_seeds_of_the_targets_own_frozen_grid():
     best = best_scores(grid, min_margin=0.1)
     assert best.best.item() == pytest.approx(0.59) and best.runs.item() == 3
     assert best.status.item() == cells.BELOW_MARGIN
+    # nor is it a point of the target's grid: its base k = 0 cell keeps seeds 0..2
+    points = transfer_scores(grid, best_scores(grid))
+    assert sorted(points[points.frozen_layers == 0].seed) == [0, 1, 2]
+    assert points[points.frozen_layers == 0].norm_score.mean() == pytest.approx(1.0)
 
 
 def test_transfer_matrix_rows_are_sources_base_last_and_missing_cells_stay_empty():

@@ -85,13 +85,16 @@ class Inputs:
         return max(groups.values(), key=lambda g: (len(g), sum(bool(r.registered_as) for r in g)),
                    default=[])  # fmt: skip
 
+    def grid_seeds(self, task: str) -> set[int]:
+        """The seeds of `task`'s own frozen-layer grid: those with a k ≥ 1 run from the
+        pretrained model (none: it has no such grid, and every seed counts)."""
+        runs = self.select(task=task, mode="single", source_task=BASE)
+        return {r.seed for r in runs if r.frozen_layers > 0}
+
     def normalizing_runs(self, task: str) -> list[TrainRun]:
-        """The full fine-tuning runs best_B averages: those at the seeds of `task`'s own
-        frozen-layer grid (k ≥ 1 from the pretrained model) where it has one, so that a seed
-        trained only as another target's source leaves this target's scale as it was."""
-        runs = self.full_fine_tuning(task)
-        frozen = self.select(task=task, mode="single", source_task=BASE)
-        grid = {r.seed for r in frozen if r.frozen_layers > 0}
+        """The full fine-tuning runs best_B averages: those at `task`'s grid seeds, so that
+        a seed trained only as another target's source leaves its scale as it was."""
+        runs, grid = self.full_fine_tuning(task), self.grid_seeds(task)
         return [r for r in runs if r.seed in grid] or runs
 
     def pretrained(self) -> list[TrainRun]:
@@ -179,9 +182,11 @@ def transfer_scores(inputs: Inputs, best: pd.DataFrame) -> pd.DataFrame:
     for r in inputs.select(mode="single"):
         if r.task not in inputs.tasks or r.source_task not in (BASE, *inputs.tasks):
             continue
-        grid = inputs.full_fine_tuning(r.task)
+        grid, seeds = inputs.full_fine_tuning(r.task), inputs.grid_seeds(r.task)
         if grid and r.params.get("lr") != grid[0].params.get("lr"):
             continue
+        if r.source_task == BASE and seeds and r.seed not in seeds:
+            continue  # a source model at a seed its task's own grid lacks: no grid point
         norm = transfer.normalize(
             r.final_score, r.chance, learned.get(r.task, np.nan), strict=False
         )
@@ -333,14 +338,9 @@ def _seed_grids(inputs, source, target, group: pd.DataFrame, ks) -> dict[int, pd
 
 
 def _aufc(runs: pd.DataFrame, ks: list[int], num_layers: int, rule: AufcRule) -> float:
-    return transfer.aufc(
-        ks,
-        runs.score.to_numpy(),
-        num_layers=num_layers,
-        chance=runs.chance.iloc[0],
-        best=runs.best.iloc[0],
-        require_endpoints=rule.require_endpoints,
-    )
+    return transfer.aufc(ks, runs.score.to_numpy(), num_layers=num_layers,
+                         chance=runs.chance.iloc[0], best=runs.best.iloc[0],
+                         require_endpoints=rule.require_endpoints)  # fmt: skip
 
 
 def _aufc_paper(runs: pd.DataFrame, ks: list[int], num_layers: int, rule) -> float:
