@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bertrep.analysis import cells
-from bertrep.analysis.cells import typed
+from bertrep.analysis.cells import matrix, typed
 from bertrep.analysis.forgetting import FORGETTING_COLUMNS, forgetting_summary
 from bertrep.analysis.profiles import MEAN_CKA_COLUMNS, PROFILE_COLUMNS
 from bertrep.analysis.schemas import CORRELATION_COLUMNS, conform
@@ -21,7 +21,6 @@ from bertrep.analysis.tables import (
     Inputs,
     aufc_tables,
     best_scores,
-    matrix,
     transfer_k0,
     transfer_scores,
 )
@@ -137,12 +136,12 @@ def test_best_b_averages_the_seeds_of_the_targets_own_frozen_grid():
     """A seed trained only as another target's source (sst2 seed 3, needed by a fourth
     stsb seed) joins neither best_B nor the margin decision: 0.55, 0.62, 0.60 (mean 0.59,
     below a 0.1 margin over chance 0.5), not with 0.70 (mean 0.6175, over it); nor the
-    target's transfer grid."""
+    target's transfer grid. Where every grid seed diverged, the target is diverged."""
     from bertrep.analysis.collect import TrainRun
 
-    def run(seed, score, k=0):
-        return TrainRun(f"s{seed}k{k}", "sst2", "single", "base", k, seed, "minilm", "minilm",
-                        "key", False, 6, score, 0.5)  # fmt: skip
+    def run(seed, score, k=0, source="base", diverged=False):
+        return TrainRun(f"{source}{seed}k{k}", "sst2", "single", source, k, seed, "minilm",
+                        "minilm", "key", diverged, 6, score, 0.5)  # fmt: skip
 
     full = [run(0, 0.55), run(1, 0.62), run(2, 0.60), run(3, 0.70)]
     alone = Inputs(full, None, ("sst2",), ("biased",), False, [])
@@ -156,6 +155,14 @@ def test_best_b_averages_the_seeds_of_the_targets_own_frozen_grid():
     points = transfer_scores(grid, best_scores(grid))
     assert sorted(points[points.frozen_layers == 0].seed) == [0, 1, 2]
     assert points[points.frozen_layers == 0].norm_score.mean() == pytest.approx(1.0)
+    # a grid of k = 0 runs from another task's models has the same seeds
+    other = Inputs([*full, *(run(s, 0.6, source="stsb") for s in range(3))], None,
+                   ("sst2", "stsb"), ("biased",), False, [])  # fmt: skip
+    assert best_scores(other).set_index("task").best["sst2"] == pytest.approx(0.59)
+    failed = [run(s, 0.5, diverged=True) for s in range(3)]
+    lost = Inputs([*failed, run(3, 0.70), *(run(s, 0.5, k=6) for s in range(3))], None,
+                  ("sst2",), ("biased",), False, [])  # fmt: skip
+    assert best_scores(lost)[["runs", "status"]].values.tolist() == [[0, cells.DIVERGED]]
 
 
 def test_transfer_matrix_rows_are_sources_base_last_and_missing_cells_stay_empty():

@@ -29,7 +29,7 @@ import pandas as pd
 
 from bertrep import env, figures, tracking
 from bertrep.analysis import across, cells, summary
-from bertrep.analysis.cells import typed
+from bertrep.analysis.cells import labels, matrix, typed
 from bertrep.analysis.collect import MissingInput, Store, TrainRun, log_tables
 from bertrep.analysis.convergence import convergence_table, split_longer
 from bertrep.analysis.diagnostics import rogue_tables, subgroup_profiles
@@ -49,8 +49,6 @@ from bertrep.analysis.tables import (
     Missing,
     aufc_tables,
     best_scores,
-    labels,
-    matrix,
     transfer_k0,
     transfer_scores,
 )

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from bertrep import tracking
-from bertrep.analysis.cells import FLOAT, INT, TEXT, typed
+from bertrep.analysis.cells import FLOAT, INT, TEXT, labels, matrix, typed
 from bertrep.analysis.collect import MissingInput, Store, TrainRun
-from bertrep.analysis.tables import labels, matrix
 from bertrep.data import activations
 from bertrep.data.identity import model_identity
 from bertrep.maths.cka import cka_profiles

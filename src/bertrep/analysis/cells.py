@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from bertrep.tracking import BASE_SOURCE
+
 OK = "ok"  # a number, with an interval where the table has intervals
 MISSING = "missing"  # nothing to compute it from: no runs, no tables, no such k
 AT_CHANCE = "at chance"  # the target's full fine-tuning scored exactly chance: norm undefined
@@ -106,3 +108,28 @@ def why_empty(label: str) -> str:
 def has_values(frame: pd.DataFrame) -> bool:
     """Whether a matrix (or a column of numbers) holds any finite number."""
     return bool(np.isfinite(frame.to_numpy(dtype=float)).any())
+
+
+def matrix(cells_: pd.DataFrame, tasks: tuple[str, ...], **where) -> pd.DataFrame:
+    """(sources, targets) frame of a cell table: rows the tasks then base, NaN if missing."""
+    return _grid(cells_, tasks, "value", np.nan, where).astype(float)
+
+
+def labels(cells_: pd.DataFrame, tasks: tuple[str, ...], **where) -> pd.DataFrame:
+    """The `status` of each cell of `matrix(cells_, tasks, **where)`: "missing" where the
+    table has no row."""
+    return _grid(cells_, tasks, "status", MISSING, where)
+
+
+def _grid(cells_: pd.DataFrame, tasks, column: str, empty, where: dict) -> pd.DataFrame:
+    rows = [*tasks, BASE_SOURCE]
+    frame = pd.DataFrame(empty, index=rows, columns=list(tasks), dtype=object)
+    if cells_.empty or column not in cells_:
+        return frame
+    sel = cells_
+    for k, v in where.items():
+        sel = sel[sel[k] == v]
+    for source, target, value in zip(sel.source, sel.target, sel[column], strict=True):
+        if source in frame.index and target in frame.columns:
+            frame.loc[source, target] = value
+    return frame

@@ -13,9 +13,9 @@ import pandas as pd
 
 from bertrep import tracking
 from bertrep.analysis import cells, convergence
-from bertrep.analysis.cells import has_values
+from bertrep.analysis.cells import has_values, labels, matrix
 from bertrep.analysis.diagnostics import DRIVEN, driven_cells
-from bertrep.analysis.tables import NEEDS, labels, matrix
+from bertrep.analysis.tables import NEEDS
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -32,7 +32,8 @@ BASE = tracking.BASE_SOURCE  # the row of the pretrained model
 @dataclass
 class Missing:
     """What the analysis could not find, and the kind of sweep that would produce it (the
-    `missing` table gives its command, `sweep_command`; "" where no sweep would)."""
+    `missing` table gives its command, `bertrep.analyze.sweep_command`; "" where no sweep
+    would)."""
 
     what: str
     detail: str
@@ -86,16 +87,18 @@ class Inputs:
                    default=[])  # fmt: skip
 
     def grid_seeds(self, task: str) -> set[int]:
-        """The seeds of `task`'s own frozen-layer grid: those with a k ≥ 1 run from the
-        pretrained model (none: it has no such grid, and every seed counts)."""
-        runs = self.select(task=task, mode="single", source_task=BASE)
-        return {r.seed for r in runs if r.frozen_layers > 0}
+        """The seeds of `task`'s own transfer grid: those with a single-task run on it from
+        another task's model, or from the pretrained model at k ≥ 1 (none: it has no
+        grid, and every seed of its full fine-tuning counts)."""
+        runs = self.select(task=task, mode="single")
+        return {r.seed for r in runs if r.source_task != BASE or r.frozen_layers > 0}
 
-    def normalizing_runs(self, task: str) -> list[TrainRun]:
-        """The full fine-tuning runs best_B averages: those at `task`'s grid seeds, so that
-        a seed trained only as another target's source leaves its scale as it was."""
-        runs, grid = self.full_fine_tuning(task), self.grid_seeds(task)
-        return [r for r in runs if r.seed in grid] or runs
+    def normalizing_runs(self, task: str, diverged: bool = False) -> list[TrainRun]:
+        """The full fine-tuning runs best_B averages (diverged=True: the failed ones): those
+        at `task`'s grid seeds where it has a grid, so that a seed trained only as another
+        target's source leaves its scale as it was."""
+        runs, grid = self.full_fine_tuning(task, diverged), self.grid_seeds(task)
+        return [r for r in runs if r.seed in grid] if grid else runs
 
     def pretrained(self) -> list[TrainRun]:
         return self.select(mode=tracking.EXTRACT_MODE)
@@ -142,7 +145,7 @@ def best_scores(inputs: Inputs, min_margin: float = 0.0) -> pd.DataFrame:
         runs = inputs.normalizing_runs(task)
         row = {"task": task, "metric": get_task(task).metric, "runs": len(runs)}
         if not runs:
-            status = inputs.source_status(task)
+            status = cells.DIVERGED if inputs.normalizing_runs(task, True) else cells.MISSING
             detail = (
                 "every k=0 run from the pretrained model diverged"
                 if status == cells.DIVERGED
@@ -179,13 +182,14 @@ def transfer_scores(inputs: Inputs, best: pd.DataFrame) -> pd.DataFrame:
     best_of, learned = dict(zip(best.task, best.best, strict=True)), learned_best(best)
     status = target_statuses(best)
     rows = []
+    lr = {t: {r.params.get("lr") for r in inputs.full_fine_tuning(t)[:1]} for t in inputs.tasks}
+    seeds = {t: inputs.grid_seeds(t) for t in inputs.tasks}
     for r in inputs.select(mode="single"):
         if r.task not in inputs.tasks or r.source_task not in (BASE, *inputs.tasks):
             continue
-        grid, seeds = inputs.full_fine_tuning(r.task), inputs.grid_seeds(r.task)
-        if grid and r.params.get("lr") != grid[0].params.get("lr"):
+        if lr[r.task] and r.params.get("lr") not in lr[r.task]:
             continue
-        if r.source_task == BASE and seeds and r.seed not in seeds:
+        if r.source_task == BASE and seeds[r.task] and r.seed not in seeds[r.task]:
             continue  # a source model at a seed its task's own grid lacks: no grid point
         norm = transfer.normalize(
             r.final_score, r.chance, learned.get(r.task, np.nan), strict=False
@@ -338,9 +342,14 @@ def _seed_grids(inputs, source, target, group: pd.DataFrame, ks) -> dict[int, pd
 
 
 def _aufc(runs: pd.DataFrame, ks: list[int], num_layers: int, rule: AufcRule) -> float:
-    return transfer.aufc(ks, runs.score.to_numpy(), num_layers=num_layers,
-                         chance=runs.chance.iloc[0], best=runs.best.iloc[0],
-                         require_endpoints=rule.require_endpoints)  # fmt: skip
+    return transfer.aufc(
+        ks,
+        runs.score.to_numpy(),
+        num_layers=num_layers,
+        chance=runs.chance.iloc[0],
+        best=runs.best.iloc[0],
+        require_endpoints=rule.require_endpoints,
+    )
 
 
 def _aufc_paper(runs: pd.DataFrame, ks: list[int], num_layers: int, rule) -> float:
@@ -373,28 +382,3 @@ def transfer_k0(inputs: Inputs, scores: pd.DataFrame) -> pd.DataFrame:
                      "score": runs.score.mean(), "seeds": runs.seed.nunique(),
                      "run_ids": ",".join(runs.run_id), "status": status})  # fmt: skip
     return typed(rows, K0_COLUMNS)
-
-
-def matrix(cells_: pd.DataFrame, tasks: tuple[str, ...], **where) -> pd.DataFrame:
-    """(sources, targets) frame of a cell table: rows the tasks then base, NaN if missing."""
-    return _grid(cells_, tasks, "value", np.nan, where).astype(float)
-
-
-def labels(cells_: pd.DataFrame, tasks: tuple[str, ...], **where) -> pd.DataFrame:
-    """The `status` of each cell of `matrix(cells_, tasks, **where)`: "missing" where the
-    table has no row."""
-    return _grid(cells_, tasks, "status", cells.MISSING, where)
-
-
-def _grid(cells_: pd.DataFrame, tasks, column: str, empty, where: dict) -> pd.DataFrame:
-    rows = [*tasks, tracking.BASE_SOURCE]
-    frame = pd.DataFrame(empty, index=rows, columns=list(tasks), dtype=object)
-    if cells_.empty or column not in cells_:
-        return frame
-    sel = cells_
-    for k, v in where.items():
-        sel = sel[sel[k] == v]
-    for source, target, value in zip(sel.source, sel.target, sel[column], strict=True):
-        if source in frame.index and target in frame.columns:
-            frame.loc[source, target] = value
-    return frame

@@ -27,10 +27,9 @@ import pandas as pd
 
 from bertrep import env, tracking
 from bertrep.analysis import cells, collect
-from bertrep.analysis.cells import has_values
+from bertrep.analysis.cells import has_values, matrix
 from bertrep.analysis.schemas import conform
 from bertrep.analysis.summary import headline_matrices
-from bertrep.analysis.tables import matrix
 from bertrep.data.tasks import TASKS
 from bertrep.figures.across import across_figures
 from bertrep.figures.forgetting import forgetting_figures

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from bertrep.analysis.cells import labels, matrix
 from bertrep.analysis.summary import flagged, level_text
-from bertrep.analysis.tables import labels, matrix
 from bertrep.figures.plots import draw_matrix, name, save
 
 
