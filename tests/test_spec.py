@@ -95,6 +95,16 @@ def test_quick_spec_is_its_documented_recipe():
     assert {c.probe_tasks for c in quick if not c.registers_source} == {""}
 
 
+def test_quick_spec_trains_three_sources_only_for_stsbs_fourth_seed():
+    """STS-B's seed-3 runs from MNLI, SST-2 and POS need those tasks' full fine-tuning at
+    seed 3: source-only models, which the analysis keeps out of their tasks' best_B."""
+    spec = load_spec(REPO / "sweeps" / "quick" / "aufc.yaml")
+    grid = trials(spec)
+    keys = {c.key() for c in grid}
+    extra = {(c.task, c.seed) for c in sources(spec, grid) if c.key() not in keys}
+    assert extra == {("mnli", 3), ("sst2", 3), ("pos", 3)}
+
+
 def test_overrides_win_everywhere():
     spec = load_spec(REPO / "sweeps" / "paper" / "aufc.yaml", "max_steps=10,seed=[5]")
     assert {(c.max_steps, c.seed) for c in trials(spec)} == {(10, 5)}
