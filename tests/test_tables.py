@@ -188,6 +188,22 @@ def test_forgetting_summary_counts_only_what_a_sequential_run_forgot_of_a():
     assert out.forgotten.notna().sum() == 1
 
 
+def test_forgetting_summary_lists_runs_by_their_settings_not_their_run_ids():
+    rows = [{"run_id": rid, "mode": "sequential", "task_a": a, "task_b": b, "seed": 0,
+             "step": step, "scored": role, "task": a if role == "A" else b, "norm_score": 0.5}
+            for rid, a, b in (("z", "pos", "sst2"), ("y", "sst2", "mnli"), ("x", "sst2", "pos"))
+            for role in ("B", "A") for step in (0, 10)]  # fmt: skip
+    out = forgetting_summary(pd.DataFrame(rows))
+    assert list(zip(out.task_a, out.task_b, out.scored, strict=True)) == [
+        ("pos", "sst2", "A"),
+        ("pos", "sst2", "B"),
+        ("sst2", "mnli", "A"),
+        ("sst2", "mnli", "B"),
+        ("sst2", "pos", "A"),
+        ("sst2", "pos", "B"),
+    ]
+
+
 def test_no_figure_is_drawn_of_empty_tables(tmp_path):
     """Tables as the analysis writes them when it found nothing: typed, without rows. A
     figure with nothing to show is not drawn (the summary says what it needs)."""

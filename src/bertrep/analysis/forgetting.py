@@ -106,7 +106,9 @@ def _references(inputs: Inputs, run: TrainRun) -> list[tuple[str, TrainRun, int 
 def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
     """Per two-task run and scored task: the normalized score at the first and the last
     checkpoint, and the change. For A in a sequential run the drop is what was forgotten
-    (`forgotten`); B's rise is what was learned; a shuffled run learns both from the start."""
+    (`forgotten`); B's rise is what was learned; a shuffled run learns both from the start.
+    Rows in the order of their runs' settings, not of their random run ids, so that two
+    stores of one study list them alike."""
     rows = []
     for (run_id, role), g in scores.groupby(["run_id", "scored"]):
         g = g.sort_values("step")
@@ -118,7 +120,8 @@ def forgetting_summary(scores: pd.DataFrame) -> pd.DataFrame:
              "first": norm[0], "last": norm[-1], "seed": g.seed.iloc[0],
              "forgotten": forgotten(norm) if sequential_a and len(norm) >= 2 else np.nan}
         )  # fmt: skip
-    return typed(rows, FORGETTING_SUMMARY_COLUMNS)
+    order = ["mode", "task_a", "task_b", "seed", "scored", "run_id"]
+    return typed(rows, FORGETTING_SUMMARY_COLUMNS).sort_values(order, ignore_index=True)
 
 
 FORGETTING_SUMMARY_COLUMNS = {"run_id": TEXT, "mode": TEXT, "task_a": TEXT, "task_b": TEXT,
