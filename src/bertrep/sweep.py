@@ -177,15 +177,22 @@ def check_artifacts_reach_driver(exp_id: str) -> None:
 
 
 def run_stage(
-    stage: str, configs: list[TrainConfig], spec: Spec, context: dict, names: dict | None = None
+    stage: str,
+    configs: list[TrainConfig],
+    spec: Spec,
+    context: dict,
+    names: dict | None = None,
+    found: int = 0,
 ) -> dict[str, int]:
     """Run the configs without a FINISHED run as one Tune grid; counts of what happened.
-    names: {config key: run name} where the configs are part of a larger list (run_names)."""
+    names: {config key: run name} where the configs are part of a larger list (run_names);
+    found: configs of the stage found done before and so not passed (registered sources)."""
     import ray
 
     finished = sweep_runs.finished_keys()
     todo = [c for c in configs if c.key() not in finished]
-    counts = {"trials": len(configs), "skipped": len(configs) - len(todo), "failed": 0}
+    counts = {"trials": len(configs) + found, "skipped": len(configs) - len(todo) + found,
+              "failed": 0}  # fmt: skip
     print(f"sweep {spec.name}, {stage}: {len(todo)} to run, {counts['skipped']} finished before")
     if not todo:
         return counts
@@ -247,7 +254,7 @@ def run_grid(spec: Spec, context: dict) -> dict[str, int]:
     for task in {c.task for c in [*targets, *needed] if c.registers_source}:
         registry.ensure_registered_model(task)  # trials would race to create it
     missing = [s for s in needed if not registry.find_source(s.task, s.key())]
-    first = run_stage("sources", missing, spec, context)
+    first = run_stage("sources", missing, spec, context, found=len(needed) - len(missing))
     if first["failed"]:
         raise SweepFailed(f"{first['failed']} source trials failed; transfer trials not run")
     resolved = [resolve(spec, t) for t in targets]
