@@ -178,6 +178,8 @@ def test_mlflow_run_sweep_aufc_then_rerun_adds_nothing(smoke_study, tmp_path):
 @pytest.mark.slow
 def test_sweep_prints_a_line_per_trial_event_named_as_its_run(smoke_study):
     out = smoke_study["stdout"]
+    # the AuFC sweep's sources are the single sweep's runs, found in the registry
+    assert "sweep smoke-aufc, sources: 0 to run, 4 finished before" in out
     ended = []
     for stage in ("sources", "trials"):
         lines = [line for line in out.splitlines() if line.startswith(f"smoke-aufc {stage}  ")]

@@ -163,6 +163,9 @@ def test_best_b_averages_the_seeds_of_the_targets_own_frozen_grid():
     lost = Inputs([*failed, run(3, 0.70), *(run(s, 0.5, k=6) for s in range(3))], None,
                   ("sst2",), ("biased",), False, [])  # fmt: skip
     assert best_scores(lost)[["runs", "status"]].values.tolist() == [[0, cells.DIVERGED]]
+    assert lost.missing[-1].detail == (
+        "sst2: every k=0 run from the pretrained model at its grid seeds [0, 1, 2] diverged"
+    )
 
 
 def test_transfer_matrix_rows_are_sources_base_last_and_missing_cells_stay_empty():

@@ -173,7 +173,11 @@ def _best(tables: dict[str, pd.DataFrame]) -> list[str]:
     best = tables["best"]
     if not len(best):
         return []
-    lines = ["## best_B (mean raw score of full fine-tuning from the pretrained model)", ""]
+    lines = [
+        "## best_B (mean raw score of full fine-tuning from the pretrained model, at "
+        "the target's grid seeds)",
+        "",
+    ]
     lines += [
         f"- {r.task}: {r.metric} {_fmt(r.best, 4)} over {r.runs} runs (chance "
         f"{_fmt(r.chance, 4)})" + ("" if r.status == cells.OK else f": {r.status}")

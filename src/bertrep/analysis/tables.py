@@ -146,10 +146,12 @@ def best_scores(inputs: Inputs, min_margin: float = 0.0) -> pd.DataFrame:
         row = {"task": task, "metric": get_task(task).metric, "runs": len(runs)}
         if not runs:
             status = cells.DIVERGED if inputs.normalizing_runs(task, True) else cells.MISSING
+            grid = inputs.grid_seeds(task)
+            at = f" at its grid seeds {sorted(grid)}" if grid else ""
             detail = (
-                "every k=0 run from the pretrained model diverged"
+                f"every k=0 run from the pretrained model{at} diverged"
                 if status == cells.DIVERGED
-                else "no k=0 run from the pretrained model"
+                else f"no k=0 run from the pretrained model{at}"
             )
             inputs.missing.append(Missing("best_B", f"{task}: {detail}", "aufc"))
             rows.append(row | {"status": status})
